@@ -1,0 +1,22 @@
+"""segdistill: train a U-Net for binary segmentation, predict masks, distill it into a small student."""
+
+__version__ = "0.1.0"
+
+from .checkpoint import ModelInfo, load_model, read_model_info, save_model  # noqa: E402
+from .config import Config, load_config  # noqa: E402
+from .errors import SegdistillError  # noqa: E402
+from .models import create_model, list_models, register_model  # noqa: E402
+
+__all__ = [
+    "Config",
+    "ModelInfo",
+    "SegdistillError",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_config",
+    "load_model",
+    "read_model_info",
+    "register_model",
+    "save_model",
+]

@@ -1,0 +1,221 @@
+"""One model format, and a training-state format, neither of which can run code when loaded.
+
+Model file (``model.safetensors``): the weights as a plain safetensors file, plus one metadata entry
+``segdistill`` holding JSON: format version, architecture name and arguments, preprocessing,
+threshold, and a training summary. ``predict`` needs only this file.
+
+Training state (``state.safetensors``): any nested structure of dicts, lists, numbers, strings and
+tensors (model, optimiser, scheduler, scaler, RNG, history). Tensors go into safetensors, the rest
+into JSON. Loading is plain data parsing: there is no pickle anywhere, so a crafted file cannot
+execute code. Files that are pickles (``torch.save`` output, ``.pt``/``.pth``/``.ckpt``) are refused
+with a clear message rather than unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .data.preprocess import Preprocess
+from .errors import ModelFileError
+from .fileio import atomic_path
+from .models import create_model
+
+FORMAT_VERSION = 1
+_META_KEY = "segdistill"
+
+
+@dataclass
+class ModelInfo:
+    """Everything needed to rebuild and use a model, stored beside its weights."""
+
+    arch: str
+    args: dict[str, Any]
+    preprocess: Preprocess
+    threshold: float = 0.5
+    summary: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format_version": self.format_version,
+                "arch": self.arch,
+                "args": self.args,
+                "preprocess": self.preprocess.to_dict(),
+                "threshold": self.threshold,
+                "summary": self.summary,
+            }
+        )
+
+
+def _sniff(path: Path) -> None:
+    """Refuse files that are not safetensors before any parser sees them."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size == 0:
+        raise ModelFileError(f"{path}: empty file (0 bytes)")
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise ModelFileError(
+            f"{path}: this is a pickle-based file (torch.save/.pt/.ckpt); segdistill refuses to load "
+            "pickles because unpickling can run arbitrary code. Use a segdistill .safetensors model file"
+        )
+    if size < 8:
+        raise ModelFileError(f"{path}: file too short to be a safetensors model (truncated?)")
+    header_len = int.from_bytes(head[:8], "little")
+    if header_len <= 0 or header_len > 100_000_000 or head[8:9] != b"{":
+        raise ModelFileError(f"{path}: not a safetensors file (unknown format)")
+    if 8 + header_len > size:
+        raise ModelFileError(f"{path}: file is truncated (header says {header_len} bytes, file has {size})")
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{path}: corrupt or truncated safetensors file ({e})") from None
+    return tensors, meta
+
+
+def _write(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    # safetensors wants contiguous, unshared CPU tensors.
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> Path:
+    path = Path(path)
+    state = unwrap(model).state_dict()
+    _write(path, state, {_META_KEY: info.to_json(), "format": "pt"})
+    return path
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The metadata of a model file, without building the model."""
+    path = Path(path)
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: corrupt safetensors file ({e})") from None
+    return _parse_info(path, meta)
+
+
+def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
+    if _META_KEY not in meta:
+        raise ModelFileError(f"{path}: safetensors file without segdistill metadata (not a segdistill model)")
+    try:
+        d = json.loads(meta[_META_KEY])
+        version = int(d.get("format_version", 0))
+    except (ValueError, TypeError, AttributeError):
+        raise ModelFileError(f"{path}: unreadable segdistill metadata") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: made by a newer segdistill (model format {version}, this version reads up to "
+            f"{FORMAT_VERSION}); upgrade segdistill to load it"
+        )
+    try:
+        return ModelInfo(
+            arch=str(d["arch"]),
+            args=dict(d["args"]),
+            preprocess=Preprocess.from_dict(d["preprocess"]),
+            threshold=float(d.get("threshold", 0.5)),
+            summary=dict(d.get("summary", {})),
+            format_version=version,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: incomplete segdistill metadata (missing {e})") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
+    """Rebuild the architecture named in the file and load its weights (eval mode)."""
+    path = Path(path)
+    tensors, meta = _read(path)
+    info = _parse_info(path, meta)
+    model = create_model(info.arch, **info.args)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ModelFileError(f"{path}: weights do not match architecture '{info.arch}' ({first})") from None
+    return model.to(device).eval(), info
+
+
+# --------------------------------------------------------------------------------------------------
+# Training state: nested python data with tensors, no pickle.
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[_flatten(k, prefix, tensors), _flatten(v, prefix, tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, prefix, tensors) for v in obj]}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} in a training state")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {_unflatten(k, tensors): _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            return [_unflatten(v, tensors) for v in obj["__list__"]]
+        if "__tuple__" in obj:
+            return tuple(_unflatten(v, tensors) for v in obj["__tuple__"])
+    return obj
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write a training state (nested dicts/lists/numbers/strings/tensors) atomically."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten(state, "", tensors)
+    meta = {"segdistill_state": json.dumps(skeleton), "format_version": str(FORMAT_VERSION)}
+    _write(Path(path), tensors, meta)
+    return Path(path)
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    tensors, meta = _read(path)
+    if "segdistill_state" not in meta:
+        raise ModelFileError(f"{path}: not a segdistill training state")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: training state from a newer segdistill; upgrade to resume it")
+    return _unflatten(json.loads(meta["segdistill_state"]), tensors)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,283 @@
+"""Command line: each subcommand parses, builds a config, calls one library function.
+
+Errors caused by input (data, config, model files) print one line, ``error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Config, ConfigError, default_config_yaml, load_config
+from .errors import SegdistillError
+
+log = logging.getLogger("segdistill")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--name", help="run name (folder under output_dir)")
+    p.add_argument("--output-dir", help="where run folders go (default runs/)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int)
+
+
+# CLI flag -> config key; flags left unset do not override the file.
+_FLAG_KEYS = {
+    "name": "name", "output_dir": "output_dir", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "train.lr", "device": "device", "seed": "seed", "data": "data.root", "model": "model.name",
+    "input_size": "train.input_size", "invert": "data.invert", "teacher": "distill.teacher",
+    "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
+    "baseline": "distill.baseline",
+}
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    overrides = []
+    for attr, key in _FLAG_KEYS.items():
+        value = getattr(args, attr, None)
+        if value is not None and value is not False:
+            overrides.append(f"{key}={value}")
+    return load_config(args.config, overrides + list(args.overrides))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+    from .engine.train import fit
+
+    if args.resume:
+        fit(None, resume=args.resume)  # type: ignore[arg-type]
+        return 0
+    cfg = _config_from_args(args)
+    if not args.skip_check:
+        report = check_data(cfg.data, cfg.seed)
+        if not report.ok:
+            more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
+            raise SegdistillError(report.errors[0] + more)
+    result = fit(cfg, overwrite=args.overwrite)
+    print(f"results: {result.run_dir}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine.evaluate import evaluate_model
+
+    evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
+                   invert=args.invert, max_side=args.max_side)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor, predict_to_folder
+
+    cfg = load_config(args.config, list(args.overrides))
+    p = cfg.predict
+    threshold = args.threshold if args.threshold is not None else p.threshold
+    predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
+                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap)
+    name = args.name or Path(str(args.input).rstrip("/*")).stem or "predictions"
+    out = Path(args.out or p.output_dir) / name
+    summary = predict_to_folder(
+        predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
+        recursive=args.recursive or p.recursive, save_probs=args.probs or p.save_probs,
+        save_overlay=args.overlay or p.overlay,
+    )
+    print(f"{summary.written} masks written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
+    if summary.failed:
+        print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .engine.distill import distill
+
+    if args.resume:
+        distill(None, resume=args.resume)  # type: ignore[arg-type]
+        return 0
+    cfg = _config_from_args(args)
+    result = distill(cfg, overwrite=args.overwrite)
+    print(f"results: {result.run_dir}")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import make_synthetic_dataset
+
+    out = make_synthetic_dataset(args.out, args.count, args.size, args.seed, args.rgb, args.vary_size)
+    print(f"{args.count} image/mask pairs written to {out}/images and {out}/masks")
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+    from .report import format_table
+
+    overrides = [f"data.root={args.dir}"] + ([f"data.invert=true"] if args.invert else []) + list(args.overrides)
+    cfg = load_config(args.config, overrides)
+    report = check_data(cfg.data, cfg.seed)
+    for w in report.warnings[: args.max_lines]:
+        print(f"warning: {w}")
+    if len(report.warnings) > args.max_lines:
+        print(f"... and {len(report.warnings) - args.max_lines} more warnings")
+    for e in report.errors[: args.max_lines]:
+        print(f"error: {e}")
+    if len(report.errors) > args.max_lines:
+        print(f"... and {len(report.errors) - args.max_lines} more errors")
+    rows = [{"check": k, "result": v} for k, v in report.summary().items()]
+    print(format_table(rows, title=f"\nData check: {args.dir}"))
+    print("OK: training can use this data" if report.ok else "FAILED: training would stop on the errors above")
+    return 0 if report.ok else 1
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    from .fileio import write_text
+
+    text = default_config_yaml()
+    if args.path in (None, "-"):
+        sys.stdout.write(text)
+        return 0
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path}: already exists (use --force to overwrite)")
+    write_text(path, text)
+    print(f"default config written to {path}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import create_model, list_models
+    from .report import format_table
+
+    rows = []
+    for name in list_models():
+        m = create_model(name)
+        rows.append({"model": name, "params (1 channel)": f"{sum(p.numel() for p in m.parameters()) / 1e6:.3f}M",
+                     "about": (type(m).__doc__ or "").strip().splitlines()[0]})
+    print(format_table(rows))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.dir), epochs=args.epochs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"segdistill {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a U-Net on images + masks")
+    _add_config_args(p)
+    p.add_argument("--data", help="data folder (images/+masks/, train/+val/, or Keras layout)")
+    p.add_argument("--model", help="registered model name (see 'segdistill models')")
+    p.add_argument("--input-size", type=int, help="training crop size")
+    p.add_argument("--invert", action="store_true", default=None, help="foreground = mask zeros")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="reuse runs/NAME instead of runs/NAME-2")
+    p.add_argument("--skip-check", action="store_true", help="skip the data check before training")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on labelled data")
+    p.add_argument("model", help="model .safetensors file")
+    p.add_argument("--data", required=True, help="data folder with images and masks")
+    p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--device")
+    p.add_argument("--invert", action="store_true", default=None, help="override the model's invert setting")
+    p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="masks for a file, folder or glob")
+    p.add_argument("model", help="model .safetensors file")
+    p.add_argument("input", help="image file, folder or glob")
+    p.add_argument("--config", "-c")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", help="output root (default predictions/)")
+    p.add_argument("--name", help="subfolder name (default: the input's name)")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
+    p.add_argument("--overlay", action="store_true", help="also write overlays")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--recursive", "-r", action="store_true")
+    p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
+    p.add_argument("--device")
+    p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("distill", help="distil a trained teacher into a small student")
+    _add_config_args(p)
+    p.add_argument("--teacher", help="teacher model file")
+    p.add_argument("--images", help="folder of transfer images (labels not needed)")
+    p.add_argument("--data", help="optional labelled data for validation (and alpha)")
+    p.add_argument("--student", help="student model name")
+    p.add_argument("--targets", choices=["cached", "online"])
+    p.add_argument("--baseline", action="store_true", default=None, help="also train the student from labels alone")
+    p.add_argument("--input-size", type=int)
+    p.add_argument("--resume", metavar="RUN_DIR")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_distill)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write a procedural data set")
+    p.add_argument("out")
+    p.add_argument("--count", type=int, default=64)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rgb", action="store_true")
+    p.add_argument("--vary-size", action="store_true", help="vary image sizes (0.75x-1.25x)")
+    p.set_defaults(fn=cmd_data_synth)
+    p = data.add_parser("check", help="check a data folder before training")
+    p.add_argument("dir")
+    p.add_argument("--config", "-c")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--invert", action="store_true")
+    p.add_argument("--max-lines", type=int, default=20)
+    p.set_defaults(fn=cmd_data_check)
+
+    cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("init", help="write a commented default config")
+    p.add_argument("path", nargs="?", help="file to write (default: print)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_config_init)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(fn=cmd_models)
+
+    p = sub.add_parser("demo", help="built-in data -> train -> evaluate -> predict -> distill")
+    p.add_argument("--dir", default="runs/demo", help="where the demo writes everything")
+    p.add_argument("--epochs", type=int, default=8)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .distributed import is_main_process
+
+    level = logging.WARNING if args.quiet or not is_main_process() else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    try:
+        return int(args.fn(args) or 0)
+    except SegdistillError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; completed epochs are saved (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

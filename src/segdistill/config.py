@@ -1,0 +1,397 @@
+"""One typed config, the single source of truth for a run.
+
+Precedence: the defaults below, then a YAML file, then ``key=value`` overrides (CLI flags are turned
+into such overrides). Unknown keys are errors with a close-match suggestion, values are checked
+against their declared type, and the resolved config is written into the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    root: str | None = None
+    """Folder holding images/+masks/, train/+val/, or the Keras layout (train_images/0/, ...)."""
+    layout: Literal["auto", "flat", "split", "keras", "explicit"] = "auto"
+    train_images: str | None = None
+    """Explicit folder (or, in the Keras layout, folder name under root) of training images."""
+    train_masks: str | None = None
+    val_images: str | None = None
+    val_masks: str | None = None
+    keras_names: list[str] = field(
+        default_factory=lambda: ["train_images", "train_masks", "val_images", "val_masks"]
+    )
+    """Folder names of the Keras layout, in the order train images, train masks, val images, val masks."""
+    val_fraction: float = 0.2
+    """Fraction split off (seeded, deterministic) when there is no validation set."""
+    val_stems: list[str] | None = None
+    """Explicit validation file stems (the rest trains); overrides val_fraction."""
+    invert: bool = False
+    """Swap foreground and background (membrane data marks the structure of interest as 0)."""
+    channels: Literal["auto", "gray", "rgb"] = "auto"
+    """Input channels: auto picks gray if every training image is gray, else rgb."""
+    max_side: int | None = None
+    """Downscale images whose longer side exceeds this (predictions are scaled back)."""
+    recursive: bool = False
+    cache: bool = True
+    """Keep decoded images in memory during training (small data sets, avoids re-decoding)."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    args: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of the named model (checked against its signature)."""
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rot90: float = 0.5
+    affine: float = 0.3
+    scale: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    rotate: float = 30.0
+    elastic: float = 0.0
+    elastic_alpha: float = 12.0
+    elastic_sigma: float = 8.0
+    brightness: float = 0.15
+    contrast: float = 0.15
+    gamma: float = 0.15
+    color_p: float = 0.5
+    noise: float = 0.02
+    noise_p: float = 0.2
+    blur_p: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 4
+    input_size: int = 256
+    samples_per_epoch: int | None = None
+    """Random crops per epoch; default: one per training image (raise it for small data sets)."""
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: int = 1
+    plateau_patience: int = 5
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-6
+    loss: Literal["bce", "dice", "jaccard", "focal", "bce_dice"] = "bce_dice"
+    pos_weight: float | Literal["auto"] | None = None
+    """Weight of the positive class in BCE; "auto" = background/foreground pixel ratio (capped)."""
+    early_stopping: int = 0
+    """Stop after this many validations without a better IoU (0 = never)."""
+    grad_clip: float | None = 1.0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: Literal["auto", "true", "false"] = "auto"
+    num_workers: int | Literal["auto"] = "auto"
+    val_every: int = 1
+    threshold: float = 0.5
+    compile: bool = False
+
+
+@dataclass
+class DistillConfig:
+    teacher: str | None = None
+    images: list[str] | str | None = None
+    """Folder(s) of transfer images (labels not needed; a single 0/ subfolder is tolerated)."""
+    student: ModelConfig = field(
+        default_factory=lambda: ModelConfig(name="unet", args={"base": 4, "norm": "batch"})
+    )
+    targets: Literal["cached", "online"] = "cached"
+    loss: Literal["soft_bce", "cwd", "soft_bce+cwd"] = "soft_bce"
+    temperature: float = 1.0
+    cwd_weight: float = 1.0
+    feature_weight: float = 0.0
+    """Weight of feature distillation between matching decoder levels (1x1 adapters); 0 = off."""
+    alpha: float = 0.0
+    """Weight of the supervised loss on labels (only where labelled data is given)."""
+    val_fraction: float = 0.2
+    baseline: bool = False
+    """Also train the same student from labels alone, for the report."""
+    cache_dir: str | None = None
+    """Teacher-target cache; default ``~/.cache/segdistill/targets``."""
+    balance: bool = True
+    """Re-weight foreground by the teacher's mean foreground fraction (class balance)."""
+
+
+@dataclass
+class PredictConfig:
+    output_dir: str = "predictions"
+    threshold: float | None = None
+    """None: the threshold stored in the model file."""
+    save_probs: bool = False
+    overlay: bool = False
+    batch_size: int = 4
+    num_workers: int | Literal["auto"] = "auto"
+    recursive: bool = False
+    tile: int | None = None
+    """Predict large images in overlapping tiles of this size (None: whole image at once)."""
+    tile_overlap: float = 0.25
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------------------------------
+# Building a dataclass from a nested dict, with type checks and "did you mean".
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(options))}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert the few safe cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_type_name(tp)})")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and value in (True, False) and "true" in choices:
+            return "true" if value else "false"
+        if value in choices:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML reads 3e-3 (no dot) as a string; accept it as the number it means.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # YAML reads file stems such as 24 as numbers
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(t) for t in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(c) for c in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(cls: type, data: Any, where: str = "config") -> Any:
+    if data is None:
+        data = {}
+    if dataclasses.is_dataclass(data):
+        data = dataclasses.asdict(data)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(str(key), names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "config" else key)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any] | None) -> Config:
+    cfg = _build(Config, data or {})
+    validate(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.epochs=10)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        cls: Any = Config
+        for depth, part in enumerate(path):
+            hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
+            if hints is not None and part not in hints:
+                prefix = ".".join(path[:depth])
+                where = f"override '{text}'" + (f" (in {prefix})" if prefix else "")
+                raise ConfigError(f"{where}: unknown key '{part}'{_suggest(part, list(hints))}")
+            if depth == len(path) - 1:
+                node[part] = value
+                break
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = dataclasses.asdict(child) if dataclasses.is_dataclass(child) else {}
+                node[part] = child
+            node = child
+            cls = hints[part] if hints is not None else Any
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None
+
+
+def validate(cfg: Config) -> None:
+    """Checks that types alone cannot express."""
+    t = cfg.train
+    checks = [
+        (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.batch_size >= 1, "train.batch_size must be at least 1"),
+        (t.input_size >= 16, "train.input_size must be at least 16"),
+        (t.lr > 0, "train.lr must be positive"),
+        (0 < t.threshold < 1, "train.threshold must lie between 0 and 1"),
+        (0 <= cfg.data.val_fraction < 1, "data.val_fraction must lie in [0, 1)"),
+        (len(cfg.data.keras_names) == 4, "data.keras_names must name 4 folders"),
+        (cfg.distill.temperature > 0, "distill.temperature must be positive"),
+        (0 <= cfg.distill.alpha <= 1, "distill.alpha must lie in [0, 1]"),
+        (cfg.data.max_side is None or cfg.data.max_side >= 16, "data.max_side must be at least 16"),
+        (len(cfg.augment.scale) == 2, "augment.scale must be [min, max]"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if any(ch in cfg.name for ch in "/\\") or cfg.name in ("", ".", ".."):
+        raise ConfigError(f"name '{cfg.name}' must be a plain folder name (no slashes)")
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def default_config_yaml() -> str:
+    """The default config as YAML, each key followed by the comment from its docstring."""
+    lines = ["# segdistill config. Every key is optional; CLI flags and --set key=value override it.", ""]
+
+    def emit(obj: Any, indent: int) -> None:
+        docs = _field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            pad = "  " * indent
+            comment = f"  # {docs[f.name]}" if f.name in docs else ""
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{pad}{f.name}:{comment}")
+                emit(value, indent + 1)
+            else:
+                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
+                dumped = dumped[1:-1] if dumped.startswith("{") else dumped
+                lines.append(f"{pad}{dumped}{comment}")
+
+    emit(Config(), 0)
+    return "\n".join(lines) + "\n"
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field docstrings (the string literal under a field) read from the class source."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):  # pragma: no cover - source unavailable (frozen app)
+        return {}
+    docs: dict[str, str] = {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs

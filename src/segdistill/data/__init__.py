@@ -1,0 +1,1 @@
+"""Data: discovery of image/mask pairs, image I/O, preprocessing, datasets, augmentation."""

@@ -1,0 +1,118 @@
+"""``segdistill data check``: what training would see, and what would make it fail.
+
+Problems (errors) stop training: no pairs, unreadable or truncated files, an image and mask of
+different sizes. Oddities (warnings) are reported but allowed: images without masks, masks without
+images, non-image files, all-background or all-foreground masks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DataConfig
+from ..errors import DataError
+from .discovery import Pair, Split, discover
+from .imageio import image_channels, mask_to_array, open_image
+
+
+@dataclass
+class CheckReport:
+    layout: str = ""
+    train_pairs: int = 0
+    val_pairs: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    image_modes: Counter = field(default_factory=Counter)
+    mask_values: Counter = field(default_factory=Counter)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    fg_fractions: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> dict[str, Any]:
+        fg = np.array(self.fg_fractions) if self.fg_fractions else np.zeros(1)
+        ws = [s[0] for s in self.sizes] or [0]
+        hs = [s[1] for s in self.sizes] or [0]
+        return {
+            "layout": self.layout,
+            "train pairs": self.train_pairs,
+            "val pairs": self.val_pairs,
+            "image modes": ", ".join(f"{k} x{v}" for k, v in self.image_modes.most_common()),
+            "mask values": ", ".join(f"{k} x{v}" for k, v in self.mask_values.most_common(6)),
+            "width min/median/max": f"{min(ws)}/{int(np.median(ws))}/{max(ws)}",
+            "height min/median/max": f"{min(hs)}/{int(np.median(hs))}/{max(hs)}",
+            "foreground fraction mean (min-max)": f"{fg.mean():.3f} ({fg.min():.3f}-{fg.max():.3f})",
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+        }
+
+
+def _describe_values(arr: np.ndarray) -> str:
+    if arr.ndim == 3:
+        return f"RGB ({len(np.unique(arr.reshape(-1, arr.shape[-1]), axis=0))} colours)"
+    values = np.unique(arr)
+    if len(values) <= 4:
+        return "{" + ",".join(str(int(v)) for v in values) + "}"
+    return f"{len(values)} values {int(values.min())}..{int(values.max())}"
+
+
+def check_pair(pair: Pair, invert: bool, report: CheckReport) -> None:
+    try:
+        im = open_image(pair.image)
+    except DataError as e:
+        report.errors.append(str(e))
+        return
+    bits = 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
+    report.image_modes[f"{im.mode}/{image_channels(im)}ch/{bits}-bit"] += 1
+    report.sizes.append(im.size)
+    if pair.mask is None:
+        return
+    try:
+        m = open_image(pair.mask)
+    except DataError as e:
+        report.errors.append(str(e))
+        return
+    if m.size != im.size:
+        report.errors.append(
+            f"{pair.mask}: mask size {m.size[0]}x{m.size[1]} differs from image {pair.image.name} {im.size[0]}x{im.size[1]}"
+        )
+        return
+    raw = np.asarray(m.convert("RGB") if m.mode in ("P", "PA") else m)
+    report.mask_values[f"{m.mode} {_describe_values(raw)}"] += 1
+    fg = mask_to_array(m, pair.mask)
+    if invert:
+        fg = ~fg
+    frac = float(fg.mean())
+    report.fg_fractions.append(frac)
+    if frac == 0.0:
+        report.warnings.append(f"{pair.mask}: no foreground pixels (all background)")
+    elif frac == 1.0:
+        report.warnings.append(f"{pair.mask}: every pixel is foreground")
+
+
+def check_data(cfg: DataConfig, seed: int = 0) -> CheckReport:
+    """Run every check; problems go into the report, nothing is raised for them."""
+    report = CheckReport()
+    try:
+        split: Split = discover(cfg, seed)
+    except DataError as e:
+        report.errors.append(str(e))
+        return report
+    report.layout = split.layout
+    report.train_pairs, report.val_pairs = len(split.train), len(split.val)
+    for rep in split.reports:
+        report.warnings += [f"{p}: image has no mask (not used)" for p in rep.images_without_masks]
+        report.warnings += [f"{p}: mask has no image (not used)" for p in rep.masks_without_images]
+        report.warnings += [f"{p}: not an image file (ignored)" for p in rep.ignored_files]
+    for pair in split.train + split.val:
+        check_pair(pair, cfg.invert, report)
+    if report.fg_fractions and max(report.fg_fractions) == 0.0:
+        report.errors.append("no mask has any foreground pixel: nothing to learn (wrong invert setting?)")
+    return report

@@ -1,0 +1,427 @@
+"""Supervised training: ``train_one_epoch``, and ``fit`` which runs a whole configured run.
+
+A run folder holds ``config.yaml`` (resolved), ``model.safetensors`` (best by validation IoU),
+``last.safetensors``, ``state.safetensors`` (everything ``--resume`` needs), ``history.csv``,
+``curves.png`` and ``metrics.json``. Each is written atomically, so a kill at any moment leaves the
+previous complete version in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from .. import __version__
+from ..checkpoint import ModelInfo, load_state, save_model, save_state, unwrap
+from ..config import Config, dump_config, load_config
+from ..data.dataset import Item, SegDataset
+from ..data.discovery import Split, discover
+from ..data.imageio import read_mask
+from ..data.preprocess import Preprocess, compute_stats, infer_channels
+from ..distributed import cleanup, init_distributed, is_main_process, world_size
+from ..errors import SegdistillError, TrainingError
+from ..fileio import write_json, write_text
+from ..losses import LossFn, make_task_loss
+from ..models import create_model, resolved_args
+from ..report import format_table, plot_curves, write_csv
+from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
+from .evaluate import EvalResult, evaluate
+
+log = logging.getLogger("segdistill")
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr", "seconds"]
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: Any,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+) -> None:
+    """Backward, optional unscale + gradient clipping, step, and a per-step scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+    channels_last: bool = False,
+    target_key: str = "mask",
+    desc: str = "train",
+) -> float:
+    """One pass over ``loader``; returns the mean loss. Raises TrainingError on a non-finite loss.
+
+    ``scheduler`` (if given) is stepped after every optimiser step (warm-up and cosine are per step).
+    """
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if is_main_process() else True, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        x = batch["image"].to(device, non_blocking=True)  # (B, C, h, w)
+        y = batch[target_key].to(device, non_blocking=True)  # (B, 1, h, w)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({float(loss)}) at {desc}, step {step + 1}")
+        optimizer_step(loss, optimizer, model.parameters(), scaler, scheduler, grad_clip)
+        total += loss.detach().item() * x.shape[0]
+        n += x.shape[0]
+        bar.set_postfix(loss=f"{total / n:.4f}")
+    bar.close()
+    return total / max(n, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the pieces of a run from the config.
+
+
+@dataclass
+class RunData:
+    split: Split
+    pre: Preprocess
+    train_set: SegDataset
+    val_set: SegDataset | None
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+
+
+def build_preprocess(cfg: Config, train_images: list[Path]) -> Preprocess:
+    channels = cfg.data.channels if cfg.data.channels != "auto" else infer_channels(train_images)
+    mean, std = compute_stats(train_images, channels, cfg.data.max_side)
+    return Preprocess(channels=channels, mean=mean, std=std, max_side=cfg.data.max_side, invert=cfg.data.invert)
+
+
+def make_loaders(
+    cfg: Config, train_set: SegDataset, val_set: SegDataset | None, device: torch.device
+) -> tuple[DataLoader, DataLoader | None]:
+    workers = resolve_workers(cfg.train.num_workers)
+    # The dataset shuffles itself per epoch (seeded), so the sampler only shards across ranks.
+    sampler = DistributedSampler(train_set, shuffle=False) if world_size() > 1 else None
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=len(train_set) > cfg.train.batch_size,
+    )
+    val_loader = None
+    if val_set is not None and len(val_set):
+        # Whole images of varied sizes: one per batch.
+        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers)
+    return train_loader, val_loader
+
+
+def build_run_data(cfg: Config, device: torch.device) -> RunData:
+    split = discover(cfg.data, cfg.seed)
+    pre = build_preprocess(cfg, [p.image for p in split.train])
+    train_set = SegDataset(
+        [Item(p.image, p.mask) for p in split.train],
+        pre,
+        train=True,
+        input_size=cfg.train.input_size,
+        augment=cfg.augment,
+        length=cfg.train.samples_per_epoch or len(split.train),
+        seed=cfg.seed,
+        cache=cfg.data.cache,
+    )
+    val_set = (
+        SegDataset([Item(p.image, p.mask) for p in split.val], pre, train=False, cache=cfg.data.cache, resize_masks=False)
+        if split.val
+        else None
+    )
+    train_loader, val_loader = make_loaders(cfg, train_set, val_set, device)
+    return RunData(split, pre, train_set, val_set, train_loader, val_loader)
+
+
+def foreground_fraction(masks: list[Path], invert: bool, limit: int = 200) -> float:
+    step = max(1, len(masks) // limit)
+    fractions = []
+    for m in masks[::step]:
+        arr = read_mask(m)
+        fractions.append(float((~arr if invert else arr).mean()))
+    return float(np.mean(fractions)) if fractions else 0.5
+
+
+def resolve_pos_weight(cfg: Config, split: Split) -> float | None:
+    pw = cfg.train.pos_weight
+    if pw != "auto":
+        return pw
+    f = foreground_fraction([p.mask for p in split.train if p.mask is not None], cfg.data.invert)
+    # Capped: huge weights on rare classes make BCE unstable.
+    return float(min(max((1 - f) / max(f, 1e-6), 1.0), 10.0))
+
+
+def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
+
+
+def build_schedulers(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """(per-step scheduler or None, per-epoch plateau scheduler or None)."""
+    t = cfg.train
+    if t.scheduler == "cosine":
+        total = max(1, t.epochs * steps_per_epoch)
+        warmup = min(t.warmup_epochs * steps_per_epoch, total // 2)
+        floor = min(t.min_lr / t.lr, 1.0)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), None
+    if t.scheduler == "plateau":
+        return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
+        )
+    return None, None
+
+
+def new_run_dir(cfg: Config, overwrite: bool) -> Path:
+    """``runs/NAME``, or ``runs/NAME-2``, ``-3``... when it is taken (unless ``overwrite``)."""
+    base = cfg.run_dir
+    if overwrite or not base.exists() or not any(base.iterdir()):
+        return base
+    k = 2
+    while (base.parent / f"{base.name}-{k}").exists():
+        k += 1
+    return base.parent / f"{base.name}-{k}"
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+
+
+def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> FitResult:
+    """Train the configured model; returns the run folder, history and best metrics.
+
+    With ``resume`` (a run folder), the saved config and state are restored and training goes on
+    from the last complete epoch as if it had never stopped.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
+        cfg = load_config(run_dir / "config.yaml")
+        state_path = run_dir / "state.safetensors"
+        state = load_state(state_path) if state_path.is_file() else None
+    else:
+        run_dir = new_run_dir(cfg, overwrite)
+        state = None
+    device = select_device(cfg.device)
+    distributed = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    main = is_main_process()
+    try:
+        return _fit(cfg, run_dir, device, state, main, distributed)
+    finally:
+        cleanup()
+
+
+def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, main: bool, distributed: bool) -> FitResult:
+    data = build_run_data(cfg, device)
+    pre = data.pre
+    if state is not None:
+        pre = Preprocess.from_dict(state["preprocess"])  # the stats the model was trained with
+        data.train_set.pre = pre
+        if data.val_set is not None:
+            data.val_set.pre = pre
+    model = create_model(cfg.model.name, in_channels=pre.in_channels, **cfg.model.args).to(device)
+    amp_dtype = autocast_dtype(cfg.train.precision, device)
+    channels_last = use_channels_last(cfg.train.channels_last, device, training=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, model.parameters())
+    step_sched, plateau = build_schedulers(cfg, optimizer, len(data.train_loader))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
+    loss_fn = make_task_loss(cfg.train.loss, pos_weight)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_iou, best_epoch, stale = 1, -1.0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if step_sched is not None:
+            step_sched.load_state_dict(state["scheduler"])
+        if plateau is not None:
+            plateau.load_state_dict(state["plateau"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        history = state["history"]
+        start_epoch = state["epoch"] + 1
+        best_iou, best_epoch, stale = state["best_iou"], state["best_epoch"], state["stale"]
+        if main:
+            log.info("resuming %s from epoch %d", run_dir, start_epoch)
+    elif main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+
+    train_model: nn.Module = model
+    if distributed:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+
+    if main:
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info(
+            "run %s: %s (%.2fM params), %d train / %d val images (%s layout), %s, %s%s",
+            run_dir, cfg.model.name, n_params / 1e6, len(data.split.train), len(data.split.val),
+            data.split.layout, device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            ", channels_last" if channels_last else "",
+        )
+
+    def info(summary: dict[str, Any]) -> ModelInfo:
+        args = resolved_args(cfg.model.name, in_channels=pre.in_channels, **cfg.model.args)
+        return ModelInfo(cfg.model.name, args, pre, cfg.train.threshold, summary)
+
+    t_run = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        data.train_set.set_epoch(epoch)
+        desc = f"epoch {epoch}/{cfg.train.epochs}"
+        try:
+            train_loss = train_one_epoch(
+                train_model, loss_fn, optimizer, data.train_loader, device,
+                amp_dtype=amp_dtype, scaler=scaler, scheduler=step_sched,
+                grad_clip=cfg.train.grad_clip, channels_last=channels_last, desc=desc,
+            )
+        except TrainingError as e:
+            raise TrainingError(
+                f"{e}; training stopped. The last good checkpoint is kept in {run_dir} "
+                "(lower train.lr, or check the data for broken images)"
+            ) from None
+        result = EvalResult(metrics={})
+        if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+            result = evaluate(model, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
+        iou = result.metrics.get("iou")
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 6),
+            "val_loss": None if result.loss is None else round(result.loss, 6),
+            "val_iou": None if iou is None else round(iou, 6),
+            "val_dice": None if iou is None else round(result.metrics["dice"], 6),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        history.append(row)
+        if plateau is not None and iou is not None:
+            plateau.step(iou)
+        improved = iou is not None and iou > best_iou
+        if improved:
+            best_iou, best_epoch, stale = iou, epoch, 0
+        elif iou is not None:
+            stale += 1
+        if main:
+            summary = _summary(cfg, data, history, best_epoch, result if improved else None)
+            if improved or data.val_loader is None:
+                save_model(run_dir / "model.safetensors", model, info(summary))
+                if result.metrics:
+                    write_json(run_dir / "metrics.json", {"epoch": epoch, **result.metrics})
+            save_model(run_dir / "last.safetensors", model, info(summary))
+            write_csv(run_dir / "history.csv", history)
+            plot_curves(run_dir / "curves.png", history, f"{cfg.name}: {cfg.model.name}")
+            save_state(run_dir / "state.safetensors", {
+                "epoch": epoch, "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": step_sched.state_dict() if step_sched is not None else None,
+                "plateau": plateau.state_dict() if plateau is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": torch.get_rng_state(), "history": history, "best_iou": best_iou,
+                "best_epoch": best_epoch, "stale": stale, "preprocess": pre.to_dict(), "pos_weight": pos_weight,
+            })
+            log.info(
+                "%s  loss %.4f  val loss %s  IoU %s  Dice %s  lr %.2e  %.1fs%s", desc, train_loss,
+                _fmt(row["val_loss"]), _fmt(row["val_iou"]), _fmt(row["val_dice"]), row["lr"], row["seconds"],
+                "  *best*" if improved else "",
+            )
+        if cfg.train.early_stopping and stale >= cfg.train.early_stopping:
+            if main:
+                log.info("early stopping: no better validation IoU for %d validations", stale)
+            break
+    best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
+    if main:
+        log.info(
+            "\n%s\n", format_table(
+                [{"run": str(run_dir), "epochs": len(history), "best epoch": best_epoch or len(history),
+                  "val IoU": best_row.get("val_iou"), "val Dice": best_row.get("val_dice"),
+                  "minutes": round((time.perf_counter() - t_run) / 60, 2)}],
+                title="Training summary",
+            )
+        )
+        log.info("model: %s", run_dir / "model.safetensors")
+    return FitResult(run_dir, history, best_row)
+
+
+def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epoch: int, result: EvalResult | None) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "run": cfg.name,
+        "data": cfg.data.root,
+        "train_images": len(data.split.train),
+        "val_images": len(data.split.val),
+        "epochs_trained": len(history),
+        "best_epoch": best_epoch,
+        "input_size": cfg.train.input_size,
+        "loss": cfg.train.loss,
+        "segdistill_version": __version__,
+        "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if result is not None:
+        s.update({f"val_{k}": round(v, 6) for k, v in result.metrics.items() if not k.endswith("per_image")})
+    return s
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}"

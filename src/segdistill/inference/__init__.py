@@ -1,0 +1,1 @@
+"""Prediction: tiling math, input sources and the streaming predictor."""

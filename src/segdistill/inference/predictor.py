@@ -1,0 +1,201 @@
+"""Prediction from a model file: batched, with loading in the background, streaming.
+
+Memory stays flat however many images there are: at most ``prefetch`` decoded images wait in the
+queue, and each result is written out and dropped before the next batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.nn import functional as F
+
+from ..checkpoint import ModelInfo, load_model
+from ..data.imageio import read_image, resize_for_model
+from ..errors import SegdistillError
+from ..fileio import atomic_path
+from ..runtime import autocast, select_device, use_channels_last
+from .sources import collect_inputs, inside, output_names
+from .tiling import predict_tiled
+
+log = logging.getLogger("segdistill")
+
+
+@dataclass
+class Loaded:
+    path: Path
+    image: np.ndarray | None
+    """Float32 (H, W, C) in [0, 1] at the original size; None when reading failed."""
+    error: str | None = None
+
+
+class Predictor:
+    """Loads a segdistill model file and turns images into foreground probabilities."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        threshold: float | None = None,
+        tile: int | None = None,
+        tile_overlap: float = 0.25,
+        channels_last: str = "auto",
+    ) -> None:
+        self.device = select_device(device)
+        self.model, self.info = load_model(model_path, self.device)
+        self.threshold = self.info.threshold if threshold is None else threshold
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.channels_last = use_channels_last(channels_last, self.device, training=False)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self.info
+
+    @torch.inference_mode()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) normalised -> (B, 1, h, w) logits in fp32."""
+        x = x.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, None):
+            if self.tile and max(x.shape[-2:]) > self.tile:
+                return torch.cat([predict_tiled(self.model, xi[None], self.tile, self.tile_overlap) for xi in x])
+            return self.model(x).float()
+
+    def predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities (H, W) float32 at each image's own size, for float (H, W, C) inputs in
+        [0, 1]; images of one size run as one batch."""
+        pre = self.info.preprocess
+        tensors = [torch.from_numpy(resize_for_model(im, pre.max_side)).permute(2, 0, 1) for im in images]
+        outs: list[np.ndarray] = []
+        if len({t.shape for t in tensors}) == 1:
+            groups = [tensors]
+        else:
+            groups = [[t] for t in tensors]
+        for group in groups:
+            x = pre.normalise(torch.stack(group))  # (B, C, h, w)
+            outs.extend(torch.sigmoid(self.logits(x)).cpu().unbind(0))
+        probs = []
+        for im, p in zip(images, outs):
+            h, w = im.shape[:2]
+            if p.shape[-2:] != (h, w):
+                p = F.interpolate(p[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            probs.append(p[0].numpy())
+        return probs
+
+    def predict_image(self, path: str | Path) -> np.ndarray:
+        return self.predict_arrays([read_image(path, self.info.preprocess.channels)])[0]
+
+    def stream(self, files: list[Path], batch_size: int = 4, prefetch: int = 8) -> Iterator[tuple[Loaded, np.ndarray | None]]:
+        """Yield (loaded image, probability map) in input order; reading runs in background threads.
+
+        Unreadable files come back with ``error`` set and no probabilities, so one bad file does
+        not stop a folder.
+        """
+        channels = self.info.preprocess.channels
+
+        def load(p: Path) -> Loaded:
+            try:
+                return Loaded(p, read_image(p, channels))
+            except SegdistillError as e:
+                return Loaded(p, None, str(e))
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            queue: list[Future[Loaded]] = []
+            it = iter(files)
+            for p in it:
+                queue.append(pool.submit(load, p))
+                if len(queue) >= prefetch:
+                    break
+            batch: list[Loaded] = []
+            while queue:
+                item = queue.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    queue.append(pool.submit(load, nxt))
+                if item.image is None:
+                    yield from self._flush(batch)
+                    batch = []
+                    yield item, None
+                    continue
+                if batch and (batch[0].image.shape != item.image.shape or len(batch) >= batch_size):  # type: ignore[union-attr]
+                    yield from self._flush(batch)
+                    batch = []
+                batch.append(item)
+            yield from self._flush(batch)
+
+    def _flush(self, batch: list[Loaded]) -> Iterator[tuple[Loaded, np.ndarray]]:
+        if batch:
+            probs = self.predict_arrays([b.image for b in batch])  # type: ignore[misc]
+            yield from zip(batch, probs)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 image with the mask tinted red; image float (H, W, C) in [0, 1]."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image[..., :3]
+    out = rgb.copy()
+    out[mask] = (1 - alpha) * rgb[mask] + alpha * np.array([1.0, 0.1, 0.1], dtype=np.float32)
+    return (out * 255).round().astype(np.uint8)
+
+
+def _save_png(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+
+
+@dataclass
+class PredictSummary:
+    out_dir: Path
+    written: int
+    failed: list[str]
+    foreground_fraction: float
+
+
+def predict_to_folder(
+    predictor: Predictor,
+    source: str | Path,
+    out_dir: str | Path,
+    batch_size: int = 4,
+    recursive: bool = False,
+    save_probs: bool = False,
+    save_overlay: bool = False,
+) -> PredictSummary:
+    """Predict every image of ``source`` into ``out_dir``: ``NAME.png`` masks (0/255, input size),
+    ``probs/NAME.png`` (8-bit probabilities) and ``overlays/NAME.png`` on request."""
+    from tqdm import tqdm
+
+    files, root = collect_inputs(source, recursive)
+    names = output_names(files, root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_path = dict(zip(files, names))
+    failed: list[str] = []
+    written, fg = 0, 0.0
+    bar = tqdm(total=len(files), desc="predict", disable=None, dynamic_ncols=True)
+    for item, prob in predictor.stream(files, batch_size):
+        bar.update(1)
+        if prob is None:
+            failed.append(item.error or str(item.path))
+            log.error("skipped %s", item.error)
+            continue
+        name = by_path[item.path]
+        mask = prob > predictor.threshold
+        _save_png(inside(out_dir / name.with_suffix(".png"), out_dir), mask.astype(np.uint8) * 255)
+        if save_probs:
+            _save_png(inside(out_dir / "probs" / name.with_suffix(".png"), out_dir), (prob * 255).round().astype(np.uint8))
+        if save_overlay:
+            _save_png(inside(out_dir / "overlays" / name.with_suffix(".png"), out_dir), overlay(item.image, mask))  # type: ignore[arg-type]
+        written += 1
+        fg += float(mask.mean())
+    bar.close()
+    return PredictSummary(out_dir, written, failed, fg / max(written, 1))

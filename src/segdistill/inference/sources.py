@@ -1,0 +1,62 @@
+"""Input sources for prediction, and safe output names derived from input file names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..data.discovery import list_images
+from ..errors import DataError
+
+
+def collect_inputs(source: str | Path, recursive: bool = False) -> tuple[list[Path], Path | None]:
+    """Image files from a file, folder or glob; returns (files, the folder names are relative to)."""
+    files, _ = list_images(source, recursive)
+    if not files:
+        raise DataError(f"{source}: no image files found")
+    p = Path(source)
+    root = None
+    if p.is_dir():
+        from ..data.discovery import resolve_image_dir
+
+        root = resolve_image_dir(p)
+    return files, root
+
+
+_UNSAFE = re.compile(r"[^\w\-. ]", re.UNICODE)
+
+
+def safe_relative_name(path: Path, root: Path | None) -> Path:
+    """A relative output path (no suffix) for ``path`` that cannot leave the output folder:
+    no absolute parts, no '..', no separators or control characters smuggled in the name."""
+    rel = path.relative_to(root) if root is not None and path.is_relative_to(root) else Path(path.name)
+    parts = []
+    for part in rel.with_suffix("").parts:
+        clean = _UNSAFE.sub("_", part).strip()
+        if clean in ("", ".", ".."):
+            clean = "_"
+        parts.append(clean.lstrip("."))
+    parts = [p or "_" for p in parts]
+    return Path(*parts)
+
+
+def output_names(files: list[Path], root: Path | None) -> list[Path]:
+    """Safe names, made unique when two inputs share a stem (``a.png`` and ``a.jpg``)."""
+    names = [safe_relative_name(f, root) for f in files]
+    seen: dict[Path, int] = {}
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+    out = []
+    for f, n in zip(files, names):
+        if seen[n] > 1:
+            n = n.with_name(f"{n.name}_{f.suffix.lstrip('.').lower()}")
+        out.append(n)
+    return out
+
+
+def inside(path: Path, folder: Path) -> Path:
+    """``path`` resolved, checked to lie inside ``folder``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise DataError(f"{path}: output path would leave {folder}; refusing to write it")
+    return resolved

@@ -1,0 +1,79 @@
+"""Building blocks shared by the U-Net variants."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+Norm = Literal["batch", "group", "instance", "none"]
+
+
+def norm_layer(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        # 8 groups where the width allows; tiny students fall back to fewer groups.
+        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm '{kind}' (batch, group, instance, none)")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalisation and ReLU."""
+
+    def __init__(self, cin: int, cout: int, norm: Norm = "batch", dropout: float = 0.0) -> None:
+        bias = norm == "none"
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            norm_layer(norm, cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            norm_layer(norm, cout),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        super().__init__(*layers)
+
+
+class Up(nn.Module):
+    """Upsample by 2, then concatenate the skip connection and fuse with a ConvBlock."""
+
+    def __init__(
+        self, cin: int, cskip: int, cout: int, mode: str = "transpose", norm: Norm = "batch"
+    ) -> None:
+        super().__init__()
+        if mode == "transpose":
+            self.up: nn.Module = nn.ConvTranspose2d(cin, cin // 2, 2, stride=2)
+            cup = cin // 2
+        elif mode == "bilinear":
+            self.up = nn.Sequential(
+                nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+                nn.Conv2d(cin, cin // 2, 1),
+            )
+            cup = cin // 2
+        else:
+            raise ValueError(f"unknown upsampling '{mode}' (transpose, bilinear)")
+        self.conv = ConvBlock(cup + cskip, cout, norm)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)  # (B, cin/2, 2h, 2w)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """Pad H and W at the bottom/right (reflect where possible) up to a multiple; return the pads."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, 0, 0
+    # Reflect padding needs pad < size; tiny inputs (1x1) fall back to replicate.
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), ph, pw

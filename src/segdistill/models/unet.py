@@ -1,0 +1,193 @@
+"""U-Net (Ronneberger et al., 2015) for binary segmentation: one logit channel.
+
+Two families share this file: ``unet`` (configurable width, depth, normalisation, upsampling and
+dropout, with named sizes) and ``unet_keras`` (the layer layout of the original Keras tool, so its
+users can reproduce their models). Any input size works: the input is padded to a multiple of
+2**depth and the output cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .blocks import ConvBlock, Norm, Up, norm_layer, pad_to_multiple
+from .registry import register_model
+
+
+@dataclass
+class UNetSpec:
+    in_channels: int = 1
+    base: int = 32
+    depth: int = 4
+    norm: Norm = "batch"
+    up: str = "transpose"
+    dropout: float = 0.0
+
+
+class UNet(nn.Module):
+    """Encoder of ``depth`` down-steps (width doubling), symmetric decoder, 1x1 head.
+
+    Shape: (B, C, H, W) -> (B, 1, H, W) logits, for any H, W >= 1.
+    """
+
+    def __init__(self, spec: UNetSpec) -> None:
+        super().__init__()
+        if spec.depth < 1 or spec.base < 1:
+            raise ValueError("depth and base must be at least 1")
+        self.spec = spec
+        widths = [spec.base * 2**i for i in range(spec.depth + 1)]
+        self.widths = widths
+        self.inc = ConvBlock(spec.in_channels, widths[0], spec.norm)
+        self.downs = nn.ModuleList(
+            nn.Sequential(
+                nn.MaxPool2d(2),
+                # Dropout at the deepest level only, where the original U-Net put it.
+                ConvBlock(widths[i], widths[i + 1], spec.norm, spec.dropout if i == spec.depth - 1 else 0.0),
+            )
+            for i in range(spec.depth)
+        )
+        self.ups = nn.ModuleList(
+            Up(widths[i + 1], widths[i], widths[i], spec.up, spec.norm) for i in reversed(range(spec.depth))
+        )
+        self.head = nn.Conv2d(widths[0], 1, 1)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        """Channels of the decoder features returned with ``return_features`` (deep to shallow)."""
+        return [self.widths[i] for i in reversed(range(self.spec.depth))]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):  # type: ignore[override]
+        h, w = x.shape[-2:]
+        x, _, _ = pad_to_multiple(x, 2**self.spec.depth)
+        skips = [self.inc(x)]  # (B, base, H, W)
+        for down in self.downs:
+            skips.append(down(skips[-1]))  # (B, base*2^i, H/2^i, W/2^i)
+        y = skips.pop()
+        feats = []
+        for up in self.ups:
+            y = up(y, skips.pop())
+            feats.append(y)
+        logits = self.head(y)[..., :h, :w]  # (B, 1, H, W)
+        return (logits, feats) if return_features else logits
+
+
+class KerasUNet(nn.Module):
+    """The original Keras tool's U-Net layout.
+
+    Batch norm on the input and after each encoder convolution; dropout 0.5 at the two deepest
+    levels; each up-step is 2x nearest upsampling followed by a 2x2 convolution; the decoder ends in
+    a 3x3 convolution of half the base width before the 1x1 head.
+    """
+
+    def __init__(self, in_channels: int = 1, base: int = 64, depth: int = 4, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.depth = depth
+        widths = [base * 2**i for i in range(depth + 1)]
+        self.widths = widths
+        self.input_norm = nn.BatchNorm2d(in_channels)
+
+        def enc(cin: int, cout: int, drop: float) -> nn.Sequential:
+            layers: list[nn.Module] = [
+                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            ]
+            if drop > 0:
+                layers.append(nn.Dropout(drop))
+            return nn.Sequential(*layers)
+
+        self.encoders = nn.ModuleList(
+            enc(in_channels if i == 0 else widths[i - 1], widths[i], dropout if i >= depth - 1 else 0.0)
+            for i in range(depth + 1)
+        )
+        self.pool = nn.MaxPool2d(2)
+        self.up_convs = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for i in reversed(range(depth)):
+            # Keras "same" padding for an even 2x2 kernel pads right/bottom by one.
+            self.up_convs.append(
+                nn.Sequential(
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.ZeroPad2d((0, 1, 0, 1)),
+                    nn.Conv2d(widths[i + 1], widths[i], 2),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            self.decoders.append(
+                nn.Sequential(
+                    nn.Conv2d(2 * widths[i], widths[i], 3, padding=1), nn.ReLU(inplace=True),
+                    nn.Conv2d(widths[i], widths[i], 3, padding=1), nn.ReLU(inplace=True),
+                )
+            )
+        self.last = nn.Sequential(nn.Conv2d(widths[0], max(base // 2, 1), 3, padding=1), nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(max(base // 2, 1), 1, 1)
+
+    @property
+    def feature_channels(self) -> list[int]:
+        return [self.widths[i] for i in reversed(range(self.depth))]
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):  # type: ignore[override]
+        h, w = x.shape[-2:]
+        x, _, _ = pad_to_multiple(x, 2**self.depth)
+        x = self.input_norm(x)
+        skips = []
+        for i, enc in enumerate(self.encoders):
+            x = enc(x if i == 0 else self.pool(x))
+            skips.append(x)
+        y = skips.pop()
+        feats = []
+        for up, dec in zip(self.up_convs, self.decoders):
+            y = dec(torch.cat([up(y), skips.pop()], dim=1))
+            feats.append(y)
+        logits = self.head(self.last(y))[..., :h, :w]  # (B, 1, H, W)
+        return (logits, feats) if return_features else logits
+
+
+def _check(norm: str, up: str) -> None:
+    norm_layer(norm, 8)  # type: ignore[arg-type]  # raises on an unknown name
+    if up not in ("transpose", "bilinear"):
+        raise ValueError(f"unknown upsampling '{up}' (transpose, bilinear)")
+
+
+@register_model("unet")
+def unet(
+    in_channels: int = 1,
+    base: int = 32,
+    depth: int = 4,
+    norm: str = "batch",
+    up: str = "transpose",
+    dropout: float = 0.0,
+) -> UNet:
+    """Configurable U-Net; base 64, depth 4 is the classic 31M-parameter model."""
+    _check(norm, up)
+    return UNet(UNetSpec(in_channels, base, depth, norm, up, dropout))  # type: ignore[arg-type]
+
+
+# Named sizes: a variation is a value, so each is just `unet` with a different width.
+_SIZES = {"unet_nano": 4, "unet_tiny": 8, "unet_small": 16, "unet_base": 32, "unet_large": 64}
+
+
+def _sized(base_width: int):
+    def build(
+        in_channels: int = 1,
+        base: int = base_width,
+        depth: int = 4,
+        norm: str = "batch",
+        up: str = "transpose",
+        dropout: float = 0.0,
+    ) -> UNet:
+        return unet(in_channels, base, depth, norm, up, dropout)
+
+    return build
+
+
+for _name, _base in _SIZES.items():
+    register_model(_name)(_sized(_base))
+
+
+@register_model("unet_keras")
+def unet_keras(in_channels: int = 1, base: int = 64, depth: int = 4, dropout: float = 0.5) -> KerasUNet:
+    """The original Keras tool's U-Net (base 64: about 31M parameters)."""
+    return KerasUNet(in_channels, base, depth, dropout)
