@@ -66,15 +66,18 @@ def _sniff(path: Path) -> None:
         head = f.read(16)
     if size == 0:
         raise ModelFileError(f"{path}: empty file (0 bytes)")
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    header_len = int.from_bytes(head[:8], "little")
+    safetensors_like = 0 < header_len <= 100_000_000 and head[8:9] == b"{"
+    # A safetensors header length can begin with the bytes of a pickle (0x80) or zip ("PK")
+    # signature (e.g. a 0x1780-byte header), so only files that are not safetensors-shaped count.
+    if not safetensors_like and (head[:2] == b"PK" or head[:1] == b"\x80"):
         raise ModelFileError(
             f"{path}: this is a pickle-based file (torch.save/.pt/.ckpt); segdistill refuses to load "
             "pickles because unpickling can run arbitrary code. Use a segdistill .safetensors model file"
         )
     if size < 8:
         raise ModelFileError(f"{path}: file too short to be a safetensors model (truncated?)")
-    header_len = int.from_bytes(head[:8], "little")
-    if header_len <= 0 or header_len > 100_000_000 or head[8:9] != b"{":
+    if not safetensors_like:
         raise ModelFileError(f"{path}: not a safetensors file (unknown format)")
     if 8 + header_len > size:
         raise ModelFileError(f"{path}: file is truncated (header says {header_len} bytes, file has {size})")

@@ -15,6 +15,16 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (os.umask can only be read by setting it, which is not thread-safe later).
+_UMASK = _current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -26,6 +36,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp (and safetensors, which writes its own temporary file) make 0600 files; give the
+        # result the permissions an ordinary open() would, so other users can read models and masks.
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         _fsync_file(tmp_path)
         os.replace(tmp_path, path)
     finally:

@@ -121,7 +121,7 @@ def distill_one_epoch(
         labels = batch["mask"].to(device) if "mask" in batch else None
         loss = kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
         if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({float(loss)}) at {desc}, step {step + 1}")
+            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, list(student.parameters()) + list(kd.parameters()), scaler, scheduler, grad_clip)
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]

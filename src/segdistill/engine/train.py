@@ -100,7 +100,7 @@ def train_one_epoch(
             logits = model(x)
         loss = loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({float(loss)}) at {desc}, step {step + 1}")
+            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, model.parameters(), scaler, scheduler, grad_clip)
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]

@@ -41,15 +41,22 @@ def safe_relative_name(path: Path, root: Path | None) -> Path:
 
 
 def output_names(files: list[Path], root: Path | None) -> list[Path]:
-    """Safe names, made unique when two inputs share a stem (``a.png`` and ``a.jpg``)."""
+    """Safe names, made unique when two inputs share a stem (``a.png`` and ``a.jpg``), and numbered
+    where the extension is not enough (``a.jpg`` and ``a.JPG``, equal names from a glob)."""
     names = [safe_relative_name(f, root) for f in files]
     seen: dict[Path, int] = {}
     for n in names:
         seen[n] = seen.get(n, 0) + 1
     out = []
+    taken: set[str] = set()
     for f, n in zip(files, names):
         if seen[n] > 1:
             n = n.with_name(f"{n.name}_{f.suffix.lstrip('.').lower()}")
+        base, k = n, 2
+        # Compared case-folded: on macOS and Windows 'A.png' and 'a.png' are the same file.
+        while n.as_posix().casefold() in taken:
+            n, k = base.with_name(f"{base.name}_{k}"), k + 1
+        taken.add(n.as_posix().casefold())
         out.append(n)
     return out
 

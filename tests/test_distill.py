@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from segdistill.checkpoint import read_model_info
+from segdistill.cli import main
+
+TINY = ["--epochs", "2", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8",
+        "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
+
+
+def _distill(teacher, images, out, name, *extra):
+    args = ["-q", "distill", "--teacher", str(teacher), "--images", str(images), "--output-dir", str(out),
+            "--name", name, *TINY, *extra]
+    assert main(args) == 0
+    return json.loads((out / name / "distill_report.json").read_text())
+
+
+def test_unlabelled_distillation_end_to_end(tiny_model, synth_dir, tmp_path, caplog):
+    images = tmp_path / "plain" / "0"  # a Keras-style 0/ subfolder is tolerated
+    images.mkdir(parents=True)
+    for p in sorted((synth_dir / "images").glob("*.png")):
+        (images / p.name).write_bytes(p.read_bytes())
+    r = _distill(tiny_model, tmp_path / "plain", tmp_path, "u", "--set", f"distill.cache_dir={tmp_path / 'c'}")
+    assert "agreement" in r["validation"]
+    assert r["student"]["val IoU"] is None and 0 <= r["student"]["agreement"] <= 1
+    assert r["compression"] > 1 and r["teacher_forward_passes"] == 12
+    info = read_model_info(tmp_path / "u" / "model.safetensors")
+    assert info.arch == "unet" and info.args["base"] == 2
+    assert info.preprocess == read_model_info(tiny_model).preprocess
+    # a second run with the same teacher and images does no teacher work at all
+    r2 = _distill(tiny_model, tmp_path / "plain", tmp_path, "u2", "--set", f"distill.cache_dir={tmp_path / 'c'}")
+    assert r2["teacher_forward_passes"] == 0
+    assert r2["target_cache"] == r["target_cache"]
+
+
+def test_changed_teacher_invalidates_the_cache(tiny_model, synth_dir, tmp_path):
+    teacher = tmp_path / "teacher.safetensors"
+    teacher.write_bytes(tiny_model.read_bytes())
+    cache = ["--set", f"distill.cache_dir={tmp_path / 'cache'}"]
+    r1 = _distill(teacher, synth_dir / "images", tmp_path, "a", *cache)
+    # retrain: a different teacher file at the same path
+    assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "t2", "--epochs", "1",
+                 "--input-size", "32", "--set", "model.args.base=4", "--set", "model.args.depth=2", "--seed", "7"]) == 0
+    teacher.write_bytes((tmp_path / "t2" / "model.safetensors").read_bytes())
+    r2 = _distill(teacher, synth_dir / "images", tmp_path, "b", *cache)
+    assert r1["teacher_forward_passes"] == 12 and r2["teacher_forward_passes"] == 12
+    assert r1["target_cache"] != r2["target_cache"]
+
+
+def test_labelled_validation_with_baseline_and_keras_teacher(synth_dir, tmp_path):
+    assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "k", "--model", "unet_keras",
+                 "--set", "model.args.base=4", "--set", "model.args.depth=2", "--epochs", "1", "--input-size", "32"]) == 0
+    r = _distill(tmp_path / "k" / "model.safetensors", synth_dir / "images", tmp_path, "d", "--data", str(synth_dir), "--baseline",
+                 "--set", f"distill.cache_dir={tmp_path / 'cache'}")
+    assert r["validation"] == "labels"
+    assert r["teacher"]["val IoU"] is not None and r["student"]["val IoU"] is not None
+    assert r["baseline_labels_only"]["val_iou"] is not None
+    assert (tmp_path / "d" / "baseline" / "model.safetensors").is_file()
+    # validation images never serve as transfer images
+    assert r["teacher_forward_passes"] == 12
+
+
+@pytest.mark.parametrize("extra", [
+    ["--targets", "online"],
+    ["--targets", "online", "--set", "distill.feature_weight=1.0", "--set", "distill.loss=soft_bce+cwd"],
+    ["--set", "distill.loss=cwd", "--set", "distill.temperature=4", "--set", "distill.alpha=0.5", "--data", "SYNTH"],
+])
+def test_loss_and_target_variants(tiny_model, synth_dir, tmp_path, extra):
+    extra = [str(synth_dir) if e == "SYNTH" else e for e in extra]
+    r = _distill(tiny_model, synth_dir / "images", tmp_path, "v", *extra)
+    assert r["epochs"] == 2
+    if "online" in extra:
+        assert r["teacher_forward_passes"] > 0
+
+
+def test_feature_distillation_needs_online_targets(tiny_model, synth_dir, tmp_path, capsys):
+    rc = main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"),
+               "--set", "distill.feature_weight=1", "--output-dir", str(tmp_path)])
+    assert rc == 2 and "needs distill.targets: online" in capsys.readouterr().err
+
+
+def test_distill_resume(tiny_model, synth_dir, tmp_path):
+    _distill(tiny_model, synth_dir / "images", tmp_path, "r")
+    cfg = tmp_path / "r" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("epochs: 2", "epochs: 3"))
+    assert main(["-q", "distill", "--resume", str(tmp_path / "r")]) == 0
+    r = json.loads((tmp_path / "r" / "distill_report.json").read_text())
+    assert r["epochs"] == 3

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from segdistill.cli import main
+from segdistill.inference.predictor import Predictor
+
+
+def test_predict_rgb_jpeg_keeps_its_size(tmp_path, synth_dir):
+    # An RGB model, then a 500x333 RGB JPEG.
+    from segdistill.data.synth import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "rgb", count=6, size=48, rgb=True, vary_size=True)
+    assert main(["-q", "train", "--data", str(data), "--output-dir", str(tmp_path), "--name", "m", "--epochs", "1",
+                 "--input-size", "32", "--set", "model.args.base=4", "--set", "model.args.depth=2"]) == 0
+    model = tmp_path / "m" / "model.safetensors"
+    img = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (333, 500, 3), dtype=np.uint8)).save(img)
+    assert main(["-q", "predict", str(model), str(img), "--out", str(tmp_path / "p"), "--probs", "--overlay"]) == 0
+    mask = Image.open(tmp_path / "p" / "photo" / "photo.png")
+    assert mask.size == (500, 333) and mask.mode == "L"
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert Image.open(tmp_path / "p" / "photo" / "probs" / "photo.png").size == (500, 333)
+    assert Image.open(tmp_path / "p" / "photo" / "overlays" / "photo.png").mode == "RGB"
+
+
+def test_predict_folder_recursive_and_glob(tiny_model, synth_dir, tmp_path):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    imgs = sorted((synth_dir / "images").glob("*.png"))
+    for p in imgs[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    (src / "sub" / "deep.png").write_bytes(imgs[3].read_bytes())
+    assert main(["-q", "predict", str(tiny_model), str(src), "--out", str(tmp_path / "o")]) == 0
+    assert len(list((tmp_path / "o" / "in").glob("*.png"))) == 3
+    assert main(["-q", "predict", str(tiny_model), str(src), "-r", "--out", str(tmp_path / "o"), "--name", "rec"]) == 0
+    assert (tmp_path / "o" / "rec" / "sub" / "deep.png").is_file()
+    assert main(["-q", "predict", str(tiny_model), str(src / "00*.png"), "--out", str(tmp_path / "o"), "--name", "g"]) == 0
+    assert len(list((tmp_path / "o" / "g").glob("*.png"))) == 3
+
+
+def test_predictor_matches_between_batched_and_single(tiny_model, synth_dir):
+    p = Predictor(tiny_model, device="cpu")
+    files = sorted((synth_dir / "images").glob("*.png"))[:5]
+    streamed = [prob for _, prob in p.stream(files, batch_size=4)]
+    single = [p.predict_image(f) for f in files]
+    for a, b in zip(streamed, single):
+        assert a.shape == (64, 64) and np.allclose(a, b, atol=1e-5)
+
+
+def test_tiled_prediction_close_to_whole_image(tiny_model, synth_dir):
+    f = sorted((synth_dir / "images").glob("*.png"))[0]
+    whole = Predictor(tiny_model, device="cpu").predict_image(f)
+    tiled = Predictor(tiny_model, device="cpu", tile=32, tile_overlap=0.5).predict_image(f)
+    assert tiled.shape == whole.shape
+    assert ((tiled > 0.5) == (whole > 0.5)).mean() > 0.9
+
+
+def test_predict_streams_with_bounded_queue(tiny_model, synth_dir, monkeypatch):
+    """However many files, at most `prefetch` decoded images are alive at once."""
+    import segdistill.inference.predictor as pred_mod
+
+    alive, peak = 0, 0
+    real = pred_mod.read_image
+
+    class Tracked(np.ndarray):
+        def __del__(self):
+            nonlocal alive
+            alive -= 1
+
+    def reading(path, channels):
+        nonlocal alive, peak
+        alive += 1
+        peak = max(peak, alive)
+        return real(path, channels).view(Tracked)
+
+    monkeypatch.setattr(pred_mod, "read_image", reading)
+    p = Predictor(tiny_model, device="cpu")
+    files = sorted((synth_dir / "images").glob("*.png")) * 10  # 120 images
+    n = 0
+    for _item, prob in p.stream(files, batch_size=2, prefetch=4):
+        n += 1
+        del _item, prob
+    assert n == 120
+    assert peak <= 4 + 2 + 2  # queue + current batch + one in flight
+
+
+@pytest.mark.parametrize("threshold", [0.0001, 0.9999])
+def test_threshold_changes_masks(tiny_model, synth_dir, tmp_path, threshold):
+    img = sorted((synth_dir / "images").glob("*.png"))[0]
+    assert main(["-q", "predict", str(tiny_model), str(img), "--out", str(tmp_path), "--threshold", str(threshold)]) == 0
+    frac = (np.asarray(Image.open(tmp_path / img.stem / img.name)) > 0).mean()
+    assert frac > 0.9 if threshold < 0.5 else frac < 0.1
+
+
+def test_evaluate_cli(tiny_model, synth_dir, tmp_path, capsys):
+    out = tmp_path / "e.csv"
+    assert main(["evaluate", str(tiny_model), "--data", str(synth_dir), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "iou" in text and "per-image mean" in text
+    lines = out.read_text().strip().splitlines()
+    assert len(lines) == 13 and lines[0].startswith("image,iou,dice,precision,recall,accuracy")
+    import json
+
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert 0 <= summary["iou"] <= 1 and summary["images"] == 12
