@@ -6,6 +6,7 @@ Errors caused by input (data, config, model files) print one line, ``error: ...`
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -40,12 +41,18 @@ _FLAG_KEYS = {
 }
 
 
+def _override(key: str, value: object) -> str:
+    """A ``key=value`` override for a flag's value; strings are quoted so that YAML keeps a folder
+    or run name such as ``2024_01``, ``010`` or ``yes`` a string (unquoted: 202401, 8, true)."""
+    return f"{key}={json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value}"
+
+
 def _config_from_args(args: argparse.Namespace) -> Config:
     overrides = []
     for attr, key in _FLAG_KEYS.items():
         value = getattr(args, attr, None)
         if value is not None and value is not False:
-            overrides.append(f"{key}={value}")
+            overrides.append(_override(key, value))
     return load_config(args.config, overrides + list(args.overrides))
 
 
@@ -121,7 +128,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_data
     from .report import format_table
 
-    overrides = [f"data.root={args.dir}"] + ([f"data.invert=true"] if args.invert else []) + list(args.overrides)
+    overrides = [_override("data.root", args.dir)] + ([f"data.invert=true"] if args.invert else []) + list(args.overrides)
     cfg = load_config(args.config, overrides)
     report = check_data(cfg.data, cfg.seed)
     for w in report.warnings[: args.max_lines]:

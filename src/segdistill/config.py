@@ -115,7 +115,9 @@ class DistillConfig:
         default_factory=lambda: ModelConfig(name="unet", args={"base": 4, "norm": "batch"})
     )
     targets: Literal["cached", "online"] = "cached"
-    loss: Literal["soft_bce", "cwd", "soft_bce+cwd"] = "soft_bce"
+    loss: Literal["soft_bce", "soft_bce+dice", "cwd", "soft_bce+cwd"] = "soft_bce+dice"
+    """soft_bce: per-pixel BCE on the teacher's probabilities; +dice adds a soft Dice on them;
+    cwd: spatial-softmax KL (channel-wise distillation)."""
     temperature: float = 1.0
     cwd_weight: float = 1.0
     feature_weight: float = 0.0
@@ -127,8 +129,11 @@ class DistillConfig:
     """Also train the same student from labels alone, for the report."""
     cache_dir: str | None = None
     """Teacher-target cache; default ``~/.cache/segdistill/targets``."""
-    balance: bool = True
-    """Re-weight foreground by the teacher's mean foreground fraction (class balance)."""
+    balance: bool = False
+    """Re-weight the teacher's foreground in soft BCE by sqrt(background/foreground) (class balance).
+    Off by default: measured no better than the Dice term, which already balances (docs/distillation.md)."""
+    lr: float | None = 0.01
+    """Student learning rate; small students want a higher one than teachers (None: train.lr)."""
 
 
 @dataclass
@@ -257,7 +262,8 @@ def _build(cls: type, data: Any, where: str = "config") -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(f"{where}: unknown key '{key}'{_suggest(str(key), names)}")
+            # repr: a key from a file may hold a newline, and errors stay one line.
+            raise ConfigError(f"{where}: unknown key {str(key)!r}{_suggest(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "config" else key)
     return cls(**kwargs)
 
@@ -350,7 +356,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(message)
     if any(ch in cfg.name for ch in "/\\") or cfg.name in ("", ".", ".."):
-        raise ConfigError(f"name '{cfg.name}' must be a plain folder name (no slashes)")
+        raise ConfigError(f"name {cfg.name!r} must be a plain folder name (no slashes)")
 
 
 def dump_config(cfg: Config) -> str:

@@ -74,3 +74,14 @@ def _fsync_file(path: Path) -> None:
 def is_temporary(path: Path) -> bool:
     """True for the temporary files that :func:`atomic_path` creates (left only by a hard kill)."""
     return path.name.startswith(".") and ".tmp" in path.name
+
+
+def remove_temporaries(folder: str | os.PathLike[str]) -> int:
+    """Delete temporary files a hard kill left behind in ``folder`` (never trusted, so safe to drop)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.rglob(".*") if p.is_file() and is_temporary(p)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)

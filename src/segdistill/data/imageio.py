@@ -56,8 +56,9 @@ def open_image(path: str | Path) -> Image.Image:
         raise DataError(f"{path}: file not found") from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can read") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        # PIL reports truncated and corrupt files as OSError ("image file is truncated", ...).
+    except (OSError, SyntaxError, ValueError, TypeError) as e:
+        # PIL reports truncated and corrupt files as OSError ("image file is truncated", ...), and
+        # a TIFF with a broken page directory as TypeError ("Missing dimensions").
         raise DataError(f"{path}: corrupt or truncated image ({e})") from None
 
 

@@ -29,8 +29,8 @@ from ..data.dataset import Item, SegDataset
 from ..data.discovery import discover, list_images
 from ..distributed import is_main_process
 from ..errors import ConfigError, SegdistillError, TrainingError
-from ..fileio import write_json, write_text
-from ..losses import cwd_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
+from ..fileio import remove_temporaries, write_json, write_text
+from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
@@ -69,6 +69,8 @@ class KDLoss(nn.Module):
         kd = s_logits.new_zeros(())
         if "soft_bce" in self.kind:
             kd = kd + soft_bce_loss(s_logits, t_logits, self.t, self.pos_weight)
+        if "dice" in self.kind:
+            kd = kd + dice_loss(s_logits, torch.sigmoid(t_logits))
         if "cwd" in self.kind:
             kd = kd + self.cwd_weight * cwd_loss(s_logits, t_logits, max(self.t, 1.0) if self.kind == "cwd" else 4.0)
         if self.adapters and s_feats is not None and t_feats is not None:
@@ -157,9 +159,13 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         if not (run_dir / "config.yaml").is_file():
             raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
         cfg = load_config(run_dir / "config.yaml")
+        remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
         state = load_state(run_dir / "state.safetensors") if (run_dir / "state.safetensors").is_file() else None
     else:
         run_dir, state = new_run_dir(cfg, overwrite), None
+    if cfg.distill.lr is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.train.lr = cfg.distill.lr  # the one place the student's rate is taken from
     d = cfg.distill
     if d.teacher is None:
         raise ConfigError("distill.teacher is not set: give the teacher model file (--teacher MODEL)")

@@ -31,7 +31,7 @@ from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
 from ..distributed import cleanup, init_distributed, is_main_process, world_size
 from ..errors import SegdistillError, TrainingError
-from ..fileio import write_json, write_text
+from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
@@ -254,6 +254,7 @@ def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) 
         if not (run_dir / "config.yaml").is_file():
             raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
         cfg = load_config(run_dir / "config.yaml")
+        remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
         state_path = run_dir / "state.safetensors"
         state = load_state(state_path) if state_path.is_file() else None
     else:
