@@ -58,7 +58,7 @@ def test_random_sigkills_then_resume(synth_dir, tmp_path):
         # Start-up (importing torch) takes seconds: wait until this process has finished an epoch of
         # its own, then kill at a random moment (mid-epoch, mid-validation or mid-write).
         started = time.time()
-        killed = kill_when(proc, lambda: _mtime(run / "state.safetensors") > started, delay=rng.uniform(0.0, 1.0))
+        killed = kill_when(proc, lambda t=started: _mtime(run / "state.safetensors") > t, delay=rng.uniform(0.0, 1.0))
         if not killed:
             break  # the run finished before the kill
         kills += 1

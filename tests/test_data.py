@@ -77,7 +77,7 @@ def test_mask_key():
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16", "LA", "1"])
 def test_image_modes(tmp_path, mode):
     arr = np.random.default_rng(0).integers(0, 255, (9, 7, 3), dtype=np.uint8)
-    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
     path = tmp_path / ("x.tif" if mode == "I;16" else "x.png")
     im.save(path)
     for channels, c in (("gray", 1), ("rgb", 3)):

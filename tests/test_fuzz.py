@@ -102,13 +102,20 @@ def test_read_image_returns_float_hwc_in_unit_range(sample: tuple, channels: str
         assert np.array_equal(m, arr[..., :3].max(axis=-1) > 0)  # alpha is not a label
 
 
-def _valid_png() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)).save(buf, format="PNG")
-    return buf.getvalue()
+def _valid_files() -> dict[str, bytes]:
+    """One small valid file per format (the TIFF has two pages, so page-directory code runs too)."""
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    out = {}
+    for suffix, fmt in ((".png", "PNG"), (".jpg", "JPEG"), (".bmp", "BMP"), (".tif", "TIFF")):
+        buf = io.BytesIO()
+        extra = {"save_all": True, "append_images": [im.convert("L")]} if fmt == "TIFF" else {}
+        im.save(buf, format=fmt, **extra)
+        out[suffix] = buf.getvalue()
+    return out
 
 
-VALID_PNG = _valid_png()
+VALID = _valid_files()
 
 
 def _read_or_data_error(content: bytes, suffix: str = ".png") -> None:
@@ -137,14 +144,16 @@ def test_png_signature_with_random_bytes_gives_data_error(content: bytes) -> Non
     _read_or_data_error(b"\x89PNG\r\n\x1a\n" + content)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about the damage it reads past
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, len(VALID_PNG) - 1), st.integers(0, 255)), min_size=1, max_size=8),
-       st.integers(1, len(VALID_PNG)))
-def test_damaged_png_gives_data_error_or_an_image(flips: list[tuple[int, int]], keep: int) -> None:
-    b = bytearray(VALID_PNG)
-    for pos, value in flips:
+@given(st.sampled_from(sorted(VALID)), st.data())
+def test_damaged_files_give_data_error_or_an_image(suffix: str, data: st.DataObject) -> None:
+    """Bytes overwritten and/or the end cut off, in each format."""
+    b = bytearray(VALID[suffix])
+    for pos, value in data.draw(st.lists(st.tuples(st.integers(0, len(b) - 1), st.integers(0, 255)), max_size=8)):
         b[pos] = value
-    _read_or_data_error(bytes(b[:keep]))
+    keep = data.draw(st.integers(1, len(b)))
+    _read_or_data_error(bytes(b[:keep]), suffix)
 
 
 # --------------------------------------------------------------------------------------------------

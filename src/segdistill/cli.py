@@ -128,7 +128,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_data
     from .report import format_table
 
-    overrides = [_override("data.root", args.dir)] + ([f"data.invert=true"] if args.invert else []) + list(args.overrides)
+    overrides = [_override("data.root", args.dir)] + (["data.invert=true"] if args.invert else []) + list(args.overrides)
     cfg = load_config(args.config, overrides)
     report = check_data(cfg.data, cfg.seed)
     for w in report.warnings[: args.max_lines]:

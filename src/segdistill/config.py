@@ -104,6 +104,9 @@ class TrainConfig:
     val_every: int = 1
     threshold: float = 0.5
     compile: bool = False
+    ema: float | None = None
+    """Keep an exponential moving average of the weights with this decay (e.g. 0.99) and validate
+    and save the average; None = off."""
 
 
 @dataclass

@@ -16,8 +16,8 @@ from torch.utils.data import Dataset
 from ..config import AugmentConfig
 from ..errors import DataError
 from .imageio import open_image, read_image, read_mask, resize_for_model
-from .transforms import augment_pair, random_crop
 from .preprocess import Preprocess
+from .transforms import augment_pair, random_crop
 
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -36,7 +37,7 @@ from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import evaluate
 from .targets import build_target_cache, mean_foreground
-from .train import build_optimizer, build_schedulers, fit, new_run_dir, optimizer_step
+from .train import build_optimizer, build_schedulers, fit, make_ema, new_run_dir, optimizer_step
 
 log = logging.getLogger("segdistill")
 
@@ -96,6 +97,7 @@ def distill_one_epoch(
     grad_clip: float | None = None,
     channels_last: bool = False,
     desc: str = "distill",
+    ema: AveragedModel | None = None,
 ) -> tuple[float, int]:
     """One pass; the teacher runs on each batch when given (online), else batches carry cached
     ``soft`` targets. Returns (mean loss, teacher forward passes)."""
@@ -125,6 +127,8 @@ def distill_one_epoch(
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, list(student.parameters()) + list(kd.parameters()), scaler, scheduler, grad_clip)
+        if ema is not None:
+            ema.update_parameters(student)
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]
         bar.set_postfix(loss=f"{total / n:.4f}")
@@ -235,6 +239,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     channels_last = use_channels_last(cfg.train.channels_last, device, training=True)
     optimizer = build_optimizer(cfg, list(student.parameters()) + list(kd.parameters()))
+    ema = make_ema(student, cfg.train.ema)
     step_sched, plateau = build_schedulers(cfg, optimizer, len(train_loader))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     main = is_main_process()
@@ -250,6 +255,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         if plateau is not None:
             plateau.load_state_dict(state["plateau"])
         torch.set_rng_state(state["rng"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         history, start, best, best_epoch = state["history"], state["epoch"] + 1, state["best"], state["best_epoch"]
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,15 +281,16 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             loss, passes = distill_one_epoch(
                 student, teacher if d.targets == "online" else None, kd, optimizer, train_loader, device,
                 amp_dtype=amp_dtype, scaler=scaler, scheduler=step_sched, grad_clip=cfg.train.grad_clip,
-                channels_last=channels_last, desc=desc)
+                channels_last=channels_last, desc=desc, ema=ema)
         except TrainingError as e:
             raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
         teacher_passes += passes
         row: dict[str, Any] = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": None, "val_dice": None,
                                "agreement_iou": None, "lr": optimizer.param_groups[0]["lr"]}
+        final = ema.module if ema is not None else student  # what is validated and saved
         if val_loader is not None:
-            m = evaluate(student, val_loader, device, tinfo.threshold, target_key=val_key).metrics
-            agree = m if val_key == "soft" else evaluate(student, val_loader, device, tinfo.threshold, target_key="soft").metrics
+            m = evaluate(final, val_loader, device, tinfo.threshold, target_key=val_key).metrics
+            agree = m if val_key == "soft" else evaluate(final, val_loader, device, tinfo.threshold, target_key="soft").metrics
             row.update(val_iou=round(m["iou"], 6), val_dice=round(m["dice"], 6), agreement_iou=round(agree["iou"], 6))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
@@ -296,15 +304,15 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             summary = {"distilled_from": teacher_path.name, "teacher_sha256": teacher_sha, "epoch": epoch,
                        "val_iou": row["val_iou"], "validation": "labels" if val_key == "mask" else "teacher agreement"}
             if improved:
-                save_model(run_dir / "model.safetensors", student, info(summary))
-            save_model(run_dir / "last.safetensors", student, info(summary))
+                save_model(run_dir / "model.safetensors", final, info(summary))
+            save_model(run_dir / "last.safetensors", final, info(summary))
             write_csv(run_dir / "history.csv", history)
             plot_curves(run_dir / "curves.png", history, f"{cfg.name}: student {s.name}")
             save_state(run_dir / "state.safetensors", {
                 "epoch": epoch, "model": student.state_dict(), "kd": kd.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": step_sched.state_dict() if step_sched is not None else None,
                 "plateau": plateau.state_dict() if plateau is not None else None, "rng": torch.get_rng_state(),
-                "history": history, "best": best, "best_epoch": best_epoch})
+                "ema": ema.state_dict() if ema is not None else None, "history": history, "best": best, "best_epoch": best_epoch})
             log.info("%s  loss %.4f  IoU %s  agreement %s  %.1fs%s", desc, loss, row["val_iou"], row["agreement_iou"],
                      row["seconds"], "  *best*" if improved else "")
     minutes = (time.perf_counter() - t_run) / 60

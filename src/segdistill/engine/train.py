@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
@@ -83,10 +84,12 @@ def train_one_epoch(
     channels_last: bool = False,
     target_key: str = "mask",
     desc: str = "train",
+    ema: AveragedModel | None = None,
 ) -> float:
     """One pass over ``loader``; returns the mean loss. Raises TrainingError on a non-finite loss.
 
-    ``scheduler`` (if given) is stepped after every optimiser step (warm-up and cosine are per step).
+    ``scheduler`` (if given) is stepped after every optimiser step (warm-up and cosine are per step);
+    ``ema`` (if given) is updated after every step.
     """
     model.train()
     total, n = 0.0, 0
@@ -102,6 +105,8 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, model.parameters(), scaler, scheduler, grad_clip)
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         total += loss.detach().item() * x.shape[0]
         n += x.shape[0]
         bar.set_postfix(loss=f"{total / n:.4f}")
@@ -222,6 +227,13 @@ def build_schedulers(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_ep
     return None, None
 
 
+def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of the weights (and BN statistics), or None when off."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def new_run_dir(cfg: Config, overwrite: bool) -> Path:
     """``runs/NAME``, or ``runs/NAME-2``, ``-3``... when it is taken (unless ``overwrite``)."""
     base = cfg.run_dir
@@ -284,6 +296,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model.parameters())
+    ema = make_ema(model, cfg.train.ema)
     step_sched, plateau = build_schedulers(cfg, optimizer, len(data.train_loader))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
@@ -301,6 +314,8 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
         history = state["history"]
         start_epoch = state["epoch"] + 1
         best_iou, best_epoch, stale = state["best_iou"], state["best_epoch"], state["stale"]
@@ -338,16 +353,17 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
             train_loss = train_one_epoch(
                 train_model, loss_fn, optimizer, data.train_loader, device,
                 amp_dtype=amp_dtype, scaler=scaler, scheduler=step_sched,
-                grad_clip=cfg.train.grad_clip, channels_last=channels_last, desc=desc,
+                grad_clip=cfg.train.grad_clip, channels_last=channels_last, desc=desc, ema=ema,
             )
         except TrainingError as e:
             raise TrainingError(
                 f"{e}; training stopped. The last good checkpoint is kept in {run_dir} "
                 "(lower train.lr, or check the data for broken images)"
             ) from None
+        final = ema.module if ema is not None else model  # what is validated and saved
         result = EvalResult(metrics={})
         if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
-            result = evaluate(model, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
+            result = evaluate(final, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
         iou = result.metrics.get("iou")
         row = {
             "epoch": epoch,
@@ -369,10 +385,10 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
         if main:
             summary = _summary(cfg, data, history, best_epoch, result if improved else None)
             if improved or data.val_loader is None:
-                save_model(run_dir / "model.safetensors", model, info(summary))
+                save_model(run_dir / "model.safetensors", final, info(summary))
                 if result.metrics:
                     write_json(run_dir / "metrics.json", {"epoch": epoch, **result.metrics})
-            save_model(run_dir / "last.safetensors", model, info(summary))
+            save_model(run_dir / "last.safetensors", final, info(summary))
             write_csv(run_dir / "history.csv", history)
             plot_curves(run_dir / "curves.png", history, f"{cfg.name}: {cfg.model.name}")
             save_state(run_dir / "state.safetensors", {
@@ -380,7 +396,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
                 "scheduler": step_sched.state_dict() if step_sched is not None else None,
                 "plateau": plateau.state_dict() if plateau is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": torch.get_rng_state(), "history": history, "best_iou": best_iou,
+                "rng": torch.get_rng_state(), "ema": ema.state_dict() if ema is not None else None, "history": history, "best_iou": best_iou,
                 "best_epoch": best_epoch, "stale": stale, "preprocess": pre.to_dict(), "pos_weight": pos_weight,
             })
             log.info(

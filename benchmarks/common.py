@@ -1,0 +1,56 @@
+"""Shared bits of the benchmark scripts: machine description, tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from segdistill.report import format_table  # noqa: E402
+from segdistill.runtime import cpu_description  # noqa: E402
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {
+        "cpu": cpu_description(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux)."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def finish(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None, title: str = "") -> Path:
+    """Print the table and write results/NAME.json beside this file."""
+    info = machine()
+    print(format_table(rows, title=title or name))
+    print(f"machine: {info['cpu']}; {info['date']}")
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "rows": rows, **(extra or {})}, indent=2, default=str) + "\n")
+    print(f"results: {out}")
+    return out

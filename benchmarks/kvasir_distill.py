@@ -1,0 +1,100 @@
+"""Distillation where it matters: Kvasir-SEG polyps (RGB, varied sizes, 880 train / 120 test).
+
+1. Train a teacher (or take one with --teacher).
+2. For each student size (default: >=50x and >=250x fewer parameters than the teacher) and each
+   seed: distill it from the teacher's cached soft targets on the 880 training images, and train the
+   same student from the labels alone for the same number of epochs (same steps, about the same time).
+3. Evaluate every model on the 120 test images (never seen in training or model selection) and
+   print a table: parameters, GFLOPs, CPU latency, test IoU and Dice, mean over seeds.
+
+    python benchmarks/kvasir_distill.py [--teacher-epochs 40] [--student-epochs 40] [--seeds 0 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import common
+import torch
+
+from segdistill.benchmark import count_gflops, count_params, cpu_latency_ms
+from segdistill.checkpoint import load_model
+from segdistill.config import load_config
+from segdistill.engine.distill import distill
+from segdistill.engine.evaluate import evaluate_model
+from segdistill.engine.train import fit
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(common.SHARED_DATA / "kvasir_seg"))
+    ap.add_argument("--out", default="runs/kvasir_bench")
+    ap.add_argument("--teacher", help="an existing teacher model file (skips step 1)")
+    ap.add_argument("--teacher-base", type=int, default=32)
+    ap.add_argument("--teacher-epochs", type=int, default=40)
+    ap.add_argument("--student-epochs", type=int, default=40)
+    ap.add_argument("--student-bases", type=int, nargs="+", default=[4, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--max-side", type=int, default=288)
+    ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--samples", type=int, default=None, help="crops per epoch (default: one per image)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    data = Path(args.data)
+    if not (data / "train").is_dir():
+        raise SystemExit(f"{data}: Kvasir-SEG not found (expected train/ and test/)")
+    out = Path(args.out)
+    common_set = [f"output_dir={out}", f"data.root={data / 'train'}", "data.val_fraction=0.1",
+                  f"data.max_side={args.max_side}", f"train.input_size={args.input_size}", "train.batch_size=8",
+                  f"device={args.device}"] + ([f"train.samples_per_epoch={args.samples}"] if args.samples else [])
+    t0 = time.perf_counter()
+    if args.teacher:
+        teacher = Path(args.teacher)
+    else:
+        cfg = load_config(None, [*common_set, "name=teacher", f"train.epochs={args.teacher_epochs}",
+                                 f"model.args={{base: {args.teacher_base}}}", "train.lr=0.002"])
+        teacher = fit(cfg, overwrite=True).run_dir / "model.safetensors"
+    teacher_minutes = (time.perf_counter() - t0) / 60
+    test = data / "test"
+    tm, tinfo = load_model(teacher)
+    size, ch = args.input_size, tinfo.preprocess.in_channels
+    t_eval = evaluate_model(teacher, test, out=out / "teacher_test.csv").metrics
+    rows = [{"model": f"teacher {tinfo.arch} base {tinfo.args.get('base')}", "params": count_params(tm),
+             "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": cpu_latency_ms(tm, ch, size),
+             "test IoU": t_eval["iou"], "test Dice": t_eval["dice"], "minutes": teacher_minutes}]
+    per_run = []
+    for base in args.student_bases:
+        results: dict[str, list[dict[str, float]]] = {"distilled": [], "labels only": []}
+        for seed in args.seeds:
+            name = f"student_b{base}_s{seed}"
+            cfg = load_config(None, [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
+                                     f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
+                                     f"distill.student.args={{base: {base}}}", "distill.baseline=true"])
+            t1 = time.perf_counter()
+            r = distill(cfg, overwrite=True)
+            minutes = (time.perf_counter() - t1) / 60
+            for kind, model in (("distilled", r.run_dir / "model.safetensors"),
+                                ("labels only", r.run_dir / "baseline" / "model.safetensors")):
+                m = evaluate_model(model, test, out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
+                results[kind].append(m)
+                per_run.append({"student base": base, "seed": seed, "kind": kind, "test IoU": m["iou"], "test Dice": m["dice"]})
+            per_run[-1]["minutes (distill + baseline)"] = minutes
+        sm, _ = load_model(r.run_dir / "model.safetensors")
+        for kind, ms in results.items():
+            rows.append({"model": f"student base {base}, {kind}", "params": count_params(sm),
+                         "compression": rows[0]["params"] / count_params(sm), "GFLOPs": count_gflops(sm, ch, size),
+                         "CPU ms": cpu_latency_ms(sm, ch, size),
+                         "test IoU": statistics.mean(m["iou"] for m in ms), "test Dice": statistics.mean(m["dice"] for m in ms),
+                         "minutes": None})
+    for r in rows:
+        r["params"] = f"{r['params'] / 1e6:.3f}M"
+    common.finish("kvasir_distill", rows, {"per_run": per_run, "args": vars(args)},
+                  title=f"Kvasir-SEG test set (120 images), mean of seeds {args.seeds}; latency batch 1 {size}x{size} fp32")
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+if __name__ == "__main__":
+    main()
