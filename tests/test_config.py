@@ -62,3 +62,15 @@ def test_default_yaml_round_trips_and_is_commented(tmp_path):
 def test_run_name_cannot_be_a_path():
     with pytest.raises(ConfigError, match="plain folder name"):
         load_config(None, ["name=../elsewhere"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.val_every=0", "train.val_every must be at least 1"),
+    ("predict.tile_overlap=1.5", "predict.tile_overlap must lie in [0, 1)"),
+    ("augment.scale=[0, 2]", "augment.scale must be [min, max] with 0 < min <= max"),
+    ("train.ema=1.5", "train.ema must lie between 0 and 1"),
+])
+def test_range_checks(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert message in str(e.value)

@@ -174,3 +174,10 @@ def test_synthetic_data_is_nontrivial(synth_dir):
     # objects are brighter on average, but intensities overlap: no single threshold separates them
     assert img[m].mean() > img[~m].mean()
     assert img[m].min() < img[~m].max()
+
+
+def test_image_stem_with_mask_suffix_pairs_with_equal_mask_stem(tmp_path):
+    _pair(tmp_path / "images", tmp_path / "masks", "cell_gt")  # same stem on both sides
+    _pair(tmp_path / "images", tmp_path / "masks", "b", mask_name="b_mask")
+    split = discover(DataConfig(root=str(tmp_path), val_fraction=0))
+    assert sorted(p.stem for p in split.train) == ["b", "cell_gt"]

@@ -104,3 +104,29 @@ def test_evaluate_cli(tiny_model, synth_dir, tmp_path, capsys):
 
     summary = json.loads(out.with_suffix(".json").read_text())
     assert 0 <= summary["iou"] <= 1 and summary["images"] == 12
+
+
+def test_dotted_names_do_not_overwrite_each_other(tiny_model, synth_dir, tmp_path):
+    src = tmp_path / "stack"
+    src.mkdir()
+    img = sorted((synth_dir / "images").glob("*.png"))[0]
+    for name in ("s.001.png", "s.002.png"):
+        (src / name).write_bytes(img.read_bytes())
+    assert main(["-q", "predict", str(tiny_model), str(src), "--out", str(tmp_path / "o")]) == 0
+    assert sorted(p.name for p in (tmp_path / "o" / "stack").glob("*.png")) == ["s.001.png", "s.002.png"]
+
+
+def test_prediction_folder_name_is_safe(tiny_model, synth_dir, tmp_path, capsys, monkeypatch):
+    img = sorted((synth_dir / "images").glob("*.png"))[0]
+    assert main(["-q", "predict", str(tiny_model), str(img), "--out", str(tmp_path), "--name", "../x"]) == 2
+    assert "must be a plain folder name" in capsys.readouterr().err
+    monkeypatch.chdir(synth_dir / "images")
+    assert main(["-q", "predict", str(tiny_model), "..", "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / synth_dir.name).is_dir()  # the folder's real name, not '..'
+    assert main(["-q", "predict", str(tiny_model), str(synth_dir / "images" / "000*.png"), "--out", str(tmp_path / "g")]) == 0
+    assert len(list((tmp_path / "g" / "glob").glob("*.png"))) == 10
+
+
+def test_resume_refuses_other_settings(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "--epochs", "9"]) == 2
+    assert "--resume takes no other settings (got --epochs)" in capsys.readouterr().err

@@ -4,19 +4,29 @@ __version__ = "0.1.0"
 
 from .checkpoint import ModelInfo, load_model, read_model_info, save_model  # noqa: E402
 from .config import Config, load_config  # noqa: E402
+from .engine.distill import distill  # noqa: E402
+from .engine.evaluate import evaluate, evaluate_model  # noqa: E402
+from .engine.train import fit, train_one_epoch  # noqa: E402
 from .errors import SegdistillError  # noqa: E402
+from .inference.predictor import Predictor  # noqa: E402
 from .models import create_model, list_models, register_model  # noqa: E402
 
 __all__ = [
     "Config",
     "ModelInfo",
+    "Predictor",
     "SegdistillError",
     "__version__",
     "create_model",
+    "distill",
+    "evaluate",
+    "evaluate_model",
+    "fit",
     "list_models",
     "load_config",
     "load_model",
     "read_model_info",
     "register_model",
     "save_model",
+    "train_one_epoch",
 ]

@@ -170,15 +170,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
 # Training state: nested python data with tensors, no pickle.
 
 
-def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
         tensors[key] = obj
         return {"__tensor__": key}
     if isinstance(obj, dict):
-        return {"__dict__": [[_flatten(k, prefix, tensors), _flatten(v, prefix, tensors)] for k, v in obj.items()]}
+        return {"__dict__": [[_flatten(k, tensors), _flatten(v, tensors)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, prefix, tensors) for v in obj]}
+        return {"__list__" if isinstance(obj, list) else "__tuple__": [_flatten(v, tensors) for v in obj]}
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot store {type(obj).__name__} in a training state")
@@ -200,7 +200,7 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Write a training state (nested dicts/lists/numbers/strings/tensors) atomically."""
     tensors: dict[str, torch.Tensor] = {}
-    skeleton = _flatten(state, "", tensors)
+    skeleton = _flatten(state, tensors)
     meta = {"segdistill_state": json.dumps(skeleton), "format_version": str(FORMAT_VERSION)}
     _write(Path(path), tensors, meta)
     return Path(path)
@@ -213,7 +213,10 @@ def load_state(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: not a segdistill training state")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(f"{path}: training state from a newer segdistill; upgrade to resume it")
-    return _unflatten(json.loads(meta["segdistill_state"]), tensors)
+    try:
+        return _unflatten(json.loads(meta["segdistill_state"]), tensors)
+    except (ValueError, KeyError, TypeError):
+        raise ModelFileError(f"{path}: corrupt training state (unreadable metadata)") from None
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:

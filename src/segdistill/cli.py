@@ -56,11 +56,22 @@ def _config_from_args(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides + list(args.overrides))
 
 
+def _check_resume_alone(args: argparse.Namespace) -> None:
+    """--resume continues a run exactly as configured; other settings would silently not apply."""
+    given = [k for k in (*_FLAG_KEYS, "config") if getattr(args, k, None) not in (None, False)] + (["set"] if args.overrides else [])
+    if given:
+        raise ConfigError(
+            f"--resume takes no other settings (got --{given[0].replace('_', '-')}); "
+            "edit RUN_DIR/config.yaml to change a resumed run (e.g. train.epochs to extend it)"
+        )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.check import check_data
     from .engine.train import fit
 
     if args.resume:
+        _check_resume_alone(args)
         fit(None, resume=args.resume)  # type: ignore[arg-type]
         return 0
     cfg = _config_from_args(args)
@@ -82,6 +93,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prediction_folder_name(name: str | None, source: str) -> str:
+    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs)."""
+    from .inference.sources import safe_relative_name
+
+    if name is None:
+        src = Path(source)
+        if any(ch in source for ch in "*?[") and not src.exists():
+            name = "glob"
+        else:
+            name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
+    if len(Path(name).parts) != 1:
+        raise ConfigError(f"--name '{name}' must be a plain folder name (no slashes)")
+    return str(safe_relative_name(Path(name + ".x"), None))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor, predict_to_folder
 
@@ -90,8 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else p.threshold
     predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap)
-    name = args.name or Path(str(args.input).rstrip("/*")).stem or "predictions"
-    out = Path(args.out or p.output_dir) / name
+    out = Path(args.out or p.output_dir) / _prediction_folder_name(args.name, args.input)
     summary = predict_to_folder(
         predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
         recursive=args.recursive or p.recursive, save_probs=args.probs or p.save_probs,
@@ -108,6 +133,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     from .engine.distill import distill
 
     if args.resume:
+        _check_resume_alone(args)
         distill(None, resume=args.resume)  # type: ignore[arg-type]
         return 0
     cfg = _config_from_args(args)
@@ -280,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except SegdistillError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # full disk, permissions, a file where a folder should be, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; completed epochs are saved (resume with --resume RUN_DIR)", file=sys.stderr)

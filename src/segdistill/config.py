@@ -122,7 +122,10 @@ class DistillConfig:
     """soft_bce: per-pixel BCE on the teacher's probabilities; +dice adds a soft Dice on them;
     cwd: spatial-softmax KL (channel-wise distillation)."""
     temperature: float = 1.0
+    """Temperature of the soft-target BCE (the loss is scaled by T^2)."""
     cwd_weight: float = 1.0
+    cwd_temperature: float = 4.0
+    """Temperature of the spatial softmax in the CWD loss (Shu et al. use 4 for segmentation)."""
     feature_weight: float = 0.0
     """Weight of feature distillation between matching decoder levels (1x1 adapters); 0 = off."""
     alpha: float = 0.0
@@ -187,12 +190,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, where)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_type_name(tp)})")
     if tp is type(None):
         if value is None:
@@ -342,6 +344,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def validate(cfg: Config) -> None:
     """Checks that types alone cannot express."""
     t = cfg.train
+    if len(cfg.augment.scale) != 2:
+        raise ConfigError("augment.scale must be [min, max]")
     checks = [
         (t.epochs >= 1, "train.epochs must be at least 1"),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
@@ -351,9 +355,17 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must lie in [0, 1)"),
         (len(cfg.data.keras_names) == 4, "data.keras_names must name 4 folders"),
         (cfg.distill.temperature > 0, "distill.temperature must be positive"),
+        (cfg.distill.cwd_temperature > 0, "distill.cwd_temperature must be positive"),
+        (t.val_every >= 1, "train.val_every must be at least 1"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs must not be negative"),
+        (t.ema is None or 0 < t.ema < 1, "train.ema must lie between 0 and 1 (e.g. 0.99), or be null"),
+        (cfg.augment.scale[0] > 0 and cfg.augment.scale[1] >= cfg.augment.scale[0], "augment.scale must be [min, max] with 0 < min <= max"),
+        (0 <= cfg.predict.tile_overlap < 1, "predict.tile_overlap must lie in [0, 1)"),
+        (cfg.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
+        (cfg.predict.tile is None or cfg.predict.tile >= 16, "predict.tile must be at least 16"),
+        (cfg.distill.lr is None or cfg.distill.lr > 0, "distill.lr must be positive"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must lie in [0, 1]"),
         (cfg.data.max_side is None or cfg.data.max_side >= 16, "data.max_side must be at least 16"),
-        (len(cfg.augment.scale) == 2, "augment.scale must be [min, max]"),
     ]
     for ok, message in checks:
         if not ok:

@@ -32,21 +32,22 @@ def init_distributed(device: torch.device) -> bool:
     """Join the process group torchrun set up; returns True when running distributed."""
     if world_size() <= 1:
         return False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return True
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def broadcast_floats(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's values on every rank (validation results drive LR, best model and early stopping,
+    so every rank must act on the same numbers)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return t.tolist()
 
 
 def cleanup() -> None:

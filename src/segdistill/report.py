@@ -47,11 +47,6 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buf.getvalue())
 
 
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
 def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> None:
     """Loss (train/val) and validation IoU/Dice per epoch, side by side."""
     if not history:

@@ -23,6 +23,8 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device '{name}' requested but no CUDA GPU is available (use device: auto or cpu)")
+    if name == "cuda":
+        name = f"cuda:{local_rank()}"  # one GPU per torchrun process
     try:
         return torch.device(name)
     except RuntimeError:

@@ -102,7 +102,7 @@ class SegDataset(Dataset):
         if item.soft is not None:
             soft = np.asarray(open_image(item.soft).convert("L"), dtype=np.uint8)
             if soft.shape != img.shape[:2]:
-                raise DataError(f"{item.soft}: cached target size differs from {item.image.name}; clear the cache")
+                raise DataError(f"{item.soft}: cached target size differs from image {item.image.name}")
         out = (img, mask, soft)
         if self.cache:
             self._cache[i] = out

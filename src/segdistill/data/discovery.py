@@ -135,11 +135,14 @@ def pair_folder(images_dir: Path, masks_dir: Path | None, recursive: bool = Fals
     masks_dir = resolve_image_dir(masks_dir)
     masks, mask_others = list_images(masks_dir, recursive)
     mask_index = _index(masks, masks_dir, "mask", strip_suffix=True)
-    pairs = [Pair(k, p, mask_index[k]) for k, p in img_index.items() if k in mask_index]
+    # An image whose own stem ends in a mask suffix ("cell_gt.png") pairs with the same stem.
+    exact = {_key(m, masks_dir): m for m in masks}
+    match = {k: mask_index.get(k) or exact.get(k) for k in img_index}
+    used = {m for m in match.values() if m is not None}
     return PairReport(
-        pairs=pairs,
-        images_without_masks=[p for k, p in img_index.items() if k not in mask_index],
-        masks_without_images=[p for k, p in mask_index.items() if k not in img_index],
+        pairs=[Pair(k, p, match[k]) for k, p in img_index.items() if match[k] is not None],  # type: ignore[arg-type]
+        images_without_masks=[p for k, p in img_index.items() if match[k] is None],
+        masks_without_images=[m for m in masks if m not in used],
         ignored_files=others + mask_others,
     )
 

@@ -24,20 +24,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..benchmark import count_gflops, count_params, cpu_latency_ms
-from ..checkpoint import ModelInfo, file_sha256, load_model, load_state, save_model, save_state
-from ..config import Config, dump_config, load_config
+from ..checkpoint import ModelInfo, file_sha256, load_model, save_model, save_state
+from ..config import Config, dump_config
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import discover, list_images
-from ..distributed import is_main_process
+from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError, TrainingError
-from ..fileio import remove_temporaries, write_json, write_text
+from ..fileio import write_json, write_text
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import evaluate
 from .targets import build_target_cache, mean_foreground
-from .train import build_optimizer, build_schedulers, fit, make_ema, new_run_dir, optimizer_step
+from .train import build_optimizer, build_schedulers, fit, make_ema, open_run, optimizer_step, rng_state, set_rng_state
 
 log = logging.getLogger("segdistill")
 
@@ -52,7 +52,7 @@ class KDLoss(nn.Module):
     def __init__(self, cfg: Config, pos_weight: float | None, student_ch: list[int], teacher_ch: list[int]) -> None:
         super().__init__()
         d = cfg.distill
-        self.kind, self.t, self.cwd_weight = d.loss, d.temperature, d.cwd_weight
+        self.kind, self.t, self.cwd_t, self.cwd_weight = d.loss, d.temperature, d.cwd_temperature, d.cwd_weight
         self.alpha, self.feature_weight, self.pos_weight = d.alpha, d.feature_weight, pos_weight
         self.task = make_task_loss(cfg.train.loss)
         # Match the shallowest levels when the decoders differ in depth; 1x1 convs map widths.
@@ -73,7 +73,7 @@ class KDLoss(nn.Module):
         if "dice" in self.kind:
             kd = kd + dice_loss(s_logits, torch.sigmoid(t_logits))
         if "cwd" in self.kind:
-            kd = kd + self.cwd_weight * cwd_loss(s_logits, t_logits, max(self.t, 1.0) if self.kind == "cwd" else 4.0)
+            kd = kd + self.cwd_weight * cwd_loss(s_logits, t_logits, self.cwd_t)
         if self.adapters and s_feats is not None and t_feats is not None:
             k = len(self.adapters)
             adapted = [a(f.float()) for a, f in zip(self.adapters, s_feats[-k:])]
@@ -158,15 +158,9 @@ def _transfer_images(cfg: Config) -> list[Path]:
 
 def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> DistillResult:
     """Run a configured distillation; see the module docstring."""
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
-        cfg = load_config(run_dir / "config.yaml")
-        remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
-        state = load_state(run_dir / "state.safetensors") if (run_dir / "state.safetensors").is_file() else None
-    else:
-        run_dir, state = new_run_dir(cfg, overwrite), None
+    if world_size() > 1:
+        raise ConfigError("distill runs in a single process; launch it without torchrun")
+    cfg, run_dir, state = open_run(cfg, resume, overwrite)
     if cfg.distill.lr is not None:
         cfg = copy.deepcopy(cfg)
         cfg.train.lr = cfg.distill.lr  # the one place the student's rate is taken from
@@ -235,6 +229,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     if d.balance:
         f = mean_foreground([targets[p] for p in (transfer if d.targets == "cached" else [q for q, _ in val_items_src])])
         pos_weight = float(min(max(math.sqrt((1 - f) / max(f, 1e-6)), 1.0), 5.0))
+    if d.feature_weight > 0 and not (hasattr(student, "feature_channels") and hasattr(teacher, "feature_channels")):
+        raise ConfigError("feature distillation needs U-Net teacher and student (models with feature_channels)")
     kd = KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", [])).to(device)
     amp_dtype = autocast_dtype(cfg.train.precision, device)
     channels_last = use_channels_last(cfg.train.channels_last, device, training=True)
@@ -254,7 +250,9 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             step_sched.load_state_dict(state["scheduler"])
         if plateau is not None:
             plateau.load_state_dict(state["plateau"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         history, start, best, best_epoch = state["history"], state["epoch"] + 1, state["best"], state["best_epoch"]
@@ -311,7 +309,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             save_state(run_dir / "state.safetensors", {
                 "epoch": epoch, "model": student.state_dict(), "kd": kd.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": step_sched.state_dict() if step_sched is not None else None,
-                "plateau": plateau.state_dict() if plateau is not None else None, "rng": torch.get_rng_state(),
+                "plateau": plateau.state_dict() if plateau is not None else None, "rng": rng_state(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "ema": ema.state_dict() if ema is not None else None, "history": history, "best": best, "best_epoch": best_epoch})
             log.info("%s  loss %.4f  IoU %s  agreement %s  %.1fs%s", desc, loss, row["val_iou"], row["agreement_iou"],
                      row["seconds"], "  *best*" if improved else "")

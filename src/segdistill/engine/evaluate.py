@@ -64,7 +64,9 @@ def evaluate(
             loss_sum += float(loss_fn(logits, target)) * image.shape[0]
             loss_n += image.shape[0]
         pred = torch.sigmoid(logits) > threshold
-        c = confusion(pred, target > 0.5)
+        # A teacher's soft map is cut at the same threshold as the model: its own masks.
+        ref = target > (threshold if target_key == "soft" else 0.5)
+        c = confusion(pred, ref)
         parts.append(c)
         s = scores(c)
         for j, idx in enumerate(batch["index"].tolist()):

@@ -30,7 +30,7 @@ from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
-from ..distributed import cleanup, init_distributed, is_main_process, world_size
+from ..distributed import broadcast_floats, cleanup, init_distributed, is_main_process, world_size
 from ..errors import SegdistillError, TrainingError
 from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
@@ -40,9 +40,6 @@ from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, 
 from .evaluate import EvalResult, evaluate
 
 log = logging.getLogger("segdistill")
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_iou", "val_dice", "lr", "seconds"]
-
 
 def optimizer_step(
     loss: torch.Tensor,
@@ -255,23 +252,39 @@ class FitResult:
     best: dict[str, Any]
 
 
+def open_run(cfg: Config | None, resume: str | Path | None, overwrite: bool) -> tuple[Config, Path, dict | None]:
+    """(config, run folder, saved state or None) for a new run, or for ``resume`` (a run folder,
+    whose saved config then replaces ``cfg``)."""
+    if resume is None:
+        assert cfg is not None
+        return cfg, new_run_dir(cfg, overwrite), None
+    run_dir = Path(resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
+    cfg = load_config(run_dir / "config.yaml")
+    if is_main_process():
+        remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
+    state_path = run_dir / "state.safetensors"
+    return cfg, run_dir, load_state(state_path) if state_path.is_file() else None
+
+
+def rng_state() -> dict[str, Any]:
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> FitResult:
     """Train the configured model; returns the run folder, history and best metrics.
 
     With ``resume`` (a run folder), the saved config and state are restored and training goes on
     from the last complete epoch as if it had never stopped.
     """
-    if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").is_file():
-            raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
-        cfg = load_config(run_dir / "config.yaml")
-        remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
-        state_path = run_dir / "state.safetensors"
-        state = load_state(state_path) if state_path.is_file() else None
-    else:
-        run_dir = new_run_dir(cfg, overwrite)
-        state = None
+    cfg, run_dir, state = open_run(cfg, resume, overwrite)
     device = select_device(cfg.device)
     distributed = init_distributed(device)
     torch.manual_seed(cfg.seed)
@@ -313,7 +326,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
             plateau.load_state_dict(state["plateau"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         history = state["history"]
@@ -365,12 +378,15 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
         if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
             result = evaluate(final, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
         iou = result.metrics.get("iou")
+        if distributed:  # every rank must take the same LR, best-model and stopping decisions
+            (shared,) = broadcast_floats([-1.0 if iou is None else iou], device)
+            iou = None if shared < 0 else shared
         row = {
             "epoch": epoch,
             "train_loss": round(train_loss, 6),
             "val_loss": None if result.loss is None else round(result.loss, 6),
             "val_iou": None if iou is None else round(iou, 6),
-            "val_dice": None if iou is None else round(result.metrics["dice"], 6),
+            "val_dice": round(result.metrics["dice"], 6) if "dice" in result.metrics else None,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 2),
         }
@@ -396,7 +412,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
                 "scheduler": step_sched.state_dict() if step_sched is not None else None,
                 "plateau": plateau.state_dict() if plateau is not None else None,
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": torch.get_rng_state(), "ema": ema.state_dict() if ema is not None else None, "history": history, "best_iou": best_iou,
+                "rng": rng_state(), "ema": ema.state_dict() if ema is not None else None, "history": history, "best_iou": best_iou,
                 "best_epoch": best_epoch, "stale": stale, "preprocess": pre.to_dict(), "pos_weight": pos_weight,
             })
             log.info(

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..checkpoint import ModelInfo, load_model
+from ..checkpoint import load_model
 from ..data.imageio import read_image, resize_for_model
 from ..errors import SegdistillError
 from ..fileio import atomic_path
-from ..runtime import autocast, select_device, use_channels_last
+from ..runtime import select_device, use_channels_last
 from .sources import collect_inputs, inside, output_names
 from .tiling import predict_tiled
 
@@ -57,20 +57,15 @@ class Predictor:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
 
-    @property
-    def model_info(self) -> ModelInfo:
-        return self.info
-
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) normalised -> (B, 1, h, w) logits in fp32."""
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, None):
-            if self.tile and max(x.shape[-2:]) > self.tile:
-                return torch.cat([predict_tiled(self.model, xi[None], self.tile, self.tile_overlap) for xi in x])
-            return self.model(x).float()
+        if self.tile and max(x.shape[-2:]) > self.tile:
+            return torch.cat([predict_tiled(self.model, xi[None], self.tile, self.tile_overlap) for xi in x])
+        return self.model(x).float()
 
     def predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (H, W) float32 at each image's own size, for float (H, W, C) inputs in
@@ -148,6 +143,11 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndar
     return (out * 255).round().astype(np.uint8)
 
 
+def _png(name: Path) -> Path:
+    """``name`` + ".png"; names carry no extension, and may contain dots (``s.001``)."""
+    return name.with_name(name.name + ".png")
+
+
 def _save_png(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG")
@@ -190,11 +190,11 @@ def predict_to_folder(
             continue
         name = by_path[item.path]
         mask = prob > predictor.threshold
-        _save_png(inside(out_dir / name.with_suffix(".png"), out_dir), mask.astype(np.uint8) * 255)
+        _save_png(inside(out_dir / _png(name), out_dir), mask.astype(np.uint8) * 255)
         if save_probs:
-            _save_png(inside(out_dir / "probs" / name.with_suffix(".png"), out_dir), (prob * 255).round().astype(np.uint8))
+            _save_png(inside(out_dir / "probs" / _png(name), out_dir), (prob * 255).round().astype(np.uint8))
         if save_overlay:
-            _save_png(inside(out_dir / "overlays" / name.with_suffix(".png"), out_dir), overlay(item.image, mask))  # type: ignore[arg-type]
+            _save_png(inside(out_dir / "overlays" / _png(name), out_dir), overlay(item.image, mask))  # type: ignore[arg-type]
         written += 1
         fg += float(mask.mean())
     bar.close()
