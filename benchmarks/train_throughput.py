@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--base", type=int, default=64)
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--tag", default="", help="suffix of the results file name")
     args = ap.parse_args()
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp())
@@ -95,7 +96,7 @@ def main() -> None:
         p, o = statistics.median(plain_runs), statistics.median(our_runs)
         rows.append({"precision": prec, "plain img/s": p, "segdistill img/s": o, "ratio ours/plain": o / p,
                      "native bf16": cpu_has_native_bf16(), "repeats": args.repeats, "steps": args.steps})
-    common.finish("train_throughput", rows, {"params": n_params, "size": args.size, "batch": args.batch,
+    common.finish("train_throughput" + (f"_{args.tag}" if args.tag else ""), rows, {"params": n_params, "size": args.size, "batch": args.batch,
                                               "workers": resolve_workers("auto"), "channels_last": cl},
                   title=f"Training throughput, U-Net base {args.base} ({n_params / 1e6:.1f}M params), {args.size}x{args.size}, batch {args.batch}")
 

@@ -26,7 +26,8 @@ class DataConfig:
     """Folder holding images/+masks/, train/+val/, or the Keras layout (train_images/0/, ...)."""
     layout: Literal["auto", "flat", "split", "keras", "explicit"] = "auto"
     train_images: str | None = None
-    """Explicit folder (or, in the Keras layout, folder name under root) of training images."""
+    """Explicit layout: folder of training images (relative to root when root is set); also
+    train_masks, val_images, val_masks."""
     train_masks: str | None = None
     val_images: str | None = None
     val_masks: str | None = None
@@ -160,9 +161,12 @@ class PredictConfig:
 @dataclass
 class Config:
     name: str = "run"
+    """Run name: results go to output_dir/name (name-2, name-3... when taken)."""
     output_dir: str = "runs"
     seed: int = 0
+    """Seeds weights, the validation split, crops and augmentation."""
     device: str = "auto"
+    """auto (a GPU when there is one), cpu, cuda or cuda:N."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
