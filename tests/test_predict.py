@@ -120,9 +120,11 @@ def test_prediction_folder_name_is_safe(tiny_model, synth_dir, tmp_path, capsys,
     img = sorted((synth_dir / "images").glob("*.png"))[0]
     assert main(["-q", "predict", str(tiny_model), str(img), "--out", str(tmp_path), "--name", "../x"]) == 2
     assert "must be a plain folder name" in capsys.readouterr().err
-    monkeypatch.chdir(synth_dir / "images")
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    (tmp_path / "imgs" / img.name).write_bytes(img.read_bytes())
+    monkeypatch.chdir(tmp_path / "imgs" / "sub")
     assert main(["-q", "predict", str(tiny_model), "..", "--out", str(tmp_path / "o")]) == 0
-    assert (tmp_path / "o" / synth_dir.name).is_dir()  # the folder's real name, not '..'
+    assert (tmp_path / "o" / "imgs" / img.name).is_file()  # the folder's real name, not '..'
     assert main(["-q", "predict", str(tiny_model), str(synth_dir / "images" / "000*.png"), "--out", str(tmp_path / "g")]) == 0
     assert len(list((tmp_path / "g" / "glob").glob("*.png"))) == 10
 
