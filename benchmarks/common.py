@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -17,6 +18,9 @@ from segdistill.report import format_table  # noqa: E402
 from segdistill.runtime import cpu_description  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Long benchmarks show segdistill's per-epoch lines.
+logging.basicConfig(level=logging.INFO, format="%(message)s")
 
 
 def machine() -> dict[str, Any]:
