@@ -64,12 +64,14 @@ def test_labelled_validation_with_baseline_and_keras_teacher(synth_dir, tmp_path
 @pytest.mark.parametrize("extra", [
     ["--targets", "online"],
     ["--targets", "online", "--set", "distill.feature_weight=1.0", "--set", "distill.loss=soft_bce+cwd"],
-    ["--set", "distill.loss=cwd", "--set", "distill.temperature=4", "--set", "distill.alpha=0.5", "--data", "SYNTH"],
+    ["--loss", "cwd", "--temperature", "4", "--alpha", "0.5", "--data", "SYNTH"],
 ])
 def test_loss_and_target_variants(tiny_model, synth_dir, tmp_path, extra):
     extra = [str(synth_dir) if e == "SYNTH" else e for e in extra]
     r = _distill(tiny_model, synth_dir / "images", tmp_path, "v", *extra)
     assert r["epochs"] == 2
+    if "--loss" in extra:
+        assert r["loss"] == "cwd" and r["temperature"] == 4.0
     if "online" in extra:
         assert r["teacher_forward_passes"] > 0
 

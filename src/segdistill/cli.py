@@ -37,7 +37,8 @@ _FLAG_KEYS = {
     "lr": "train.lr", "device": "device", "seed": "seed", "data": "data.root", "model": "model.name",
     "input_size": "train.input_size", "invert": "data.invert", "teacher": "distill.teacher",
     "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
-    "baseline": "distill.baseline",
+    "baseline": "distill.baseline", "kd_loss": "distill.loss", "temperature": "distill.temperature",
+    "alpha": "distill.alpha",
 }
 
 
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", help="student model name")
     p.add_argument("--targets", choices=["cached", "online"])
     p.add_argument("--baseline", action="store_true", default=None, help="also train the student from labels alone")
+    p.add_argument("--loss", dest="kd_loss", choices=["soft_bce", "soft_bce+dice", "cwd", "soft_bce+cwd"], help="distillation loss")
+    p.add_argument("--temperature", type=float, help="soft-target temperature T")
+    p.add_argument("--alpha", type=float, help="weight of the supervised loss on labels (0-1)")
     p.add_argument("--input-size", type=int)
     p.add_argument("--resume", metavar="RUN_DIR")
     p.add_argument("--overwrite", action="store_true")
