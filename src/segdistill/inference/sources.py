@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data.discovery import list_images
+from ..data.discovery import list_images, resolve_image_dir
 from ..errors import DataError
 
 
@@ -17,8 +17,6 @@ def collect_inputs(source: str | Path, recursive: bool = False) -> tuple[list[Pa
     p = Path(source)
     root = None
     if p.is_dir():
-        from ..data.discovery import resolve_image_dir
-
         root = resolve_image_dir(p)
     return files, root
 
