@@ -7,7 +7,9 @@
 3. Evaluate every model on the 120 test images (never seen in training or model selection) and
    print a table: parameters, GFLOPs, CPU latency, test IoU and Dice, mean over seeds.
 
-    python benchmarks/kvasir_distill.py [--teacher-epochs 40] [--student-epochs 40] [--seeds 0 1]
+    python benchmarks/kvasir_distill.py [--teacher-epochs 28] [--student-epochs 20] [--seeds 0 1]
+
+Model sizes are U-Net arguments: --teacher-args base=24,depth=4 --students base=6,depth=3 base=3,depth=3.
 """
 
 from __future__ import annotations
@@ -28,18 +30,32 @@ from segdistill.engine.evaluate import evaluate_model
 from segdistill.engine.train import fit
 
 
+def _unet_args(text: str) -> dict[str, int]:
+    """"base=4,depth=3" -> {"base": 4, "depth": 3}."""
+    try:
+        return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], got {text!r}") from None
+
+
+def _yaml(args: dict[str, int]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in args.items()) + "}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(common.SHARED_DATA / "kvasir_seg"))
     ap.add_argument("--out", default="runs/kvasir_bench")
     ap.add_argument("--teacher", help="an existing teacher model file (skips step 1)")
-    ap.add_argument("--teacher-base", type=int, default=32)
-    ap.add_argument("--teacher-epochs", type=int, default=40)
-    ap.add_argument("--student-epochs", type=int, default=40)
-    ap.add_argument("--student-bases", type=int, nargs="+", default=[4, 2])
+    ap.add_argument("--teacher-args", type=_unet_args, default="base=24,depth=4")
+    ap.add_argument("--teacher-epochs", type=int, default=28)
+    ap.add_argument("--student-epochs", type=int, default=20)
+    ap.add_argument("--students", type=_unet_args, nargs="+",
+                    default=[{"base": 6, "depth": 3}, {"base": 3, "depth": 3}])
+    ap.add_argument("--alpha", type=float, default=0.5, help="weight of the label loss in distillation")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--max-side", type=int, default=288)
-    ap.add_argument("--input-size", type=int, default=256)
+    ap.add_argument("--max-side", type=int, default=160)
+    ap.add_argument("--input-size", type=int, default=128)
     ap.add_argument("--samples", type=int, default=None, help="crops per epoch (default: one per image)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -55,24 +71,26 @@ def main() -> None:
         teacher = Path(args.teacher)
     else:
         cfg = load_config(None, [*common_set, "name=teacher", f"train.epochs={args.teacher_epochs}",
-                                 f"model.args={{base: {args.teacher_base}}}", "train.lr=0.002"])
+                                 f"model.args={_yaml(args.teacher_args)}", "train.lr=0.002"])
         teacher = fit(cfg, overwrite=True).run_dir / "model.safetensors"
     teacher_minutes = (time.perf_counter() - t0) / 60
     test = data / "test"
     tm, tinfo = load_model(teacher)
     size, ch = args.input_size, tinfo.preprocess.in_channels
     t_eval = evaluate_model(teacher, test, out=out / "teacher_test.csv").metrics
-    rows = [{"model": f"teacher {tinfo.arch} base {tinfo.args.get('base')}", "params": count_params(tm),
+    rows = [{"model": "teacher " + ", ".join(f"{k} {tinfo.args.get(k)}" for k in ("base", "depth")), "params": count_params(tm),
              "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": cpu_latency_ms(tm, ch, size),
              "test IoU": t_eval["iou"], "test Dice": t_eval["dice"], "minutes": teacher_minutes}]
     per_run = []
-    for base in args.student_bases:
+    for sargs in args.students:
+        label = ", ".join(f"{k} {v}" for k, v in sargs.items())
         results: dict[str, list[dict[str, float]]] = {"distilled": [], "labels only": []}
         for seed in args.seeds:
-            name = f"student_b{base}_s{seed}"
+            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items()) + f"_s{seed}"
             cfg = load_config(None, [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
                                      f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
-                                     f"distill.student.args={{base: {base}}}", "distill.baseline=true"])
+                                     f"distill.student.args={_yaml(sargs)}", f"distill.alpha={args.alpha}",
+                                     "distill.baseline=true"])
             t1 = time.perf_counter()
             r = distill(cfg, overwrite=True)
             minutes = (time.perf_counter() - t1) / 60
@@ -80,11 +98,11 @@ def main() -> None:
                                 ("labels only", r.run_dir / "baseline" / "model.safetensors")):
                 m = evaluate_model(model, test, out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
                 results[kind].append(m)
-                per_run.append({"student base": base, "seed": seed, "kind": kind, "test IoU": m["iou"], "test Dice": m["dice"]})
+                per_run.append({"student": label, "seed": seed, "kind": kind, "test IoU": m["iou"], "test Dice": m["dice"]})
             per_run[-1]["minutes (distill + baseline)"] = minutes
         sm, _ = load_model(r.run_dir / "model.safetensors")
         for kind, ms in results.items():
-            rows.append({"model": f"student base {base}, {kind}", "params": count_params(sm),
+            rows.append({"model": f"student {label}, {kind}", "params": count_params(sm),
                          "compression": rows[0]["params"] / count_params(sm), "GFLOPs": count_gflops(sm, ch, size),
                          "CPU ms": cpu_latency_ms(sm, ch, size),
                          "test IoU": statistics.mean(m["iou"] for m in ms), "test Dice": statistics.mean(m["dice"] for m in ms),

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..benchmark import count_gflops, count_params, cpu_latency_ms
 from ..checkpoint import ModelInfo, file_sha256, load_model, save_model, save_state
@@ -37,7 +36,17 @@ from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import evaluate
 from .targets import build_target_cache, mean_foreground
-from .train import build_optimizer, build_schedulers, fit, make_ema, open_run, optimizer_step, rng_state, set_rng_state
+from .train import (
+    build_optimizer,
+    build_schedulers,
+    fit,
+    make_ema,
+    model_input,
+    open_run,
+    rng_state,
+    run_epoch,
+    set_rng_state,
+)
 
 log = logging.getLogger("segdistill")
 
@@ -101,15 +110,13 @@ def distill_one_epoch(
 ) -> tuple[float, int]:
     """One pass; the teacher runs on each batch when given (online), else batches carry cached
     ``soft`` targets. Returns (mean loss, teacher forward passes)."""
-    student.train()
     kd.train()
     features = bool(kd.adapters)
-    total, n, teacher_passes = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if is_main_process() else True, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        x = batch["image"].to(device, non_blocking=True)  # (B, C, h, w)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    teacher_passes = 0
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        nonlocal teacher_passes
+        x = model_input(batch, device, channels_last)
         t_feats = None
         if teacher is not None:
             with torch.no_grad(), autocast(device, amp_dtype):
@@ -123,17 +130,12 @@ def distill_one_epoch(
             s_out = student(x, return_features=True) if features else student(x)
         s_logits, s_feats = s_out if features else (s_out, None)
         labels = batch["mask"].to(device) if "mask" in batch else None
-        loss = kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
-        optimizer_step(loss, optimizer, list(student.parameters()) + list(kd.parameters()), scaler, scheduler, grad_clip)
-        if ema is not None:
-            ema.update_parameters(student)
-        total += loss.detach().item() * x.shape[0]
-        n += x.shape[0]
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1), teacher_passes
+        return kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
+
+    params = list(student.parameters()) + list(kd.parameters())
+    mean_loss = run_epoch(student, loader, batch_loss, optimizer, params, scaler=scaler, scheduler=scheduler,
+                          grad_clip=grad_clip, desc=desc, ema=ema)
+    return mean_loss, teacher_passes
 
 
 @dataclass

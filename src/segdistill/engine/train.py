@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,6 +68,46 @@ def optimizer_step(
         scheduler.step()
 
 
+def run_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    batch_loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    grad_clip: float | None = None,
+    desc: str = "train",
+    ema: AveragedModel | None = None,
+) -> float:
+    """The loop shared by training and distillation: ``batch_loss(batch)`` gives a batch's loss,
+    then one optimiser step (and a per-step scheduler and EMA update). Returns the mean loss per
+    image; raises TrainingError on a non-finite loss, naming the step."""
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if is_main_process() else True, dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        loss = batch_loss(batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
+        optimizer_step(loss, optimizer, params, scaler, scheduler, grad_clip)
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
+        batch_size = batch["image"].shape[0]
+        total += loss.detach().item() * batch_size
+        n += batch_size
+        bar.set_postfix(loss=f"{total / n:.4f}")
+    bar.close()
+    return total / max(n, 1)
+
+
+def model_input(batch: dict[str, torch.Tensor], device: torch.device, channels_last: bool) -> torch.Tensor:
+    """The batch's images on ``device`` (B, C, h, w), channels_last when asked."""
+    x = batch["image"].to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def train_one_epoch(
     model: nn.Module,
     loss_fn: LossFn,
@@ -83,32 +124,21 @@ def train_one_epoch(
     desc: str = "train",
     ema: AveragedModel | None = None,
 ) -> float:
-    """One pass over ``loader``; returns the mean loss. Raises TrainingError on a non-finite loss.
+    """One supervised pass over ``loader``; returns the mean loss. Raises TrainingError on a
+    non-finite loss.
 
     ``scheduler`` (if given) is stepped after every optimiser step (warm-up and cosine are per step);
     ``ema`` (if given) is updated after every step.
     """
-    model.train()
-    total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, disable=None if is_main_process() else True, dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        x = batch["image"].to(device, non_blocking=True)  # (B, C, h, w)
-        y = batch[target_key].to(device, non_blocking=True)  # (B, 1, h, w)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+
+    def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = model_input(batch, device, channels_last)
         with autocast(device, amp_dtype):
             logits = model(x)
-        loss = loss_fn(logits.float(), y)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
-        optimizer_step(loss, optimizer, model.parameters(), scaler, scheduler, grad_clip)
-        if ema is not None:
-            ema.update_parameters(unwrap(model))
-        total += loss.detach().item() * x.shape[0]
-        n += x.shape[0]
-        bar.set_postfix(loss=f"{total / n:.4f}")
-    bar.close()
-    return total / max(n, 1)
+        return loss_fn(logits.float(), batch[target_key].to(device, non_blocking=True))
+
+    return run_epoch(model, loader, batch_loss, optimizer, list(model.parameters()), scaler=scaler,
+                     scheduler=scheduler, grad_clip=grad_clip, desc=desc, ema=ema)
 
 
 # --------------------------------------------------------------------------------------------------
