@@ -181,3 +181,16 @@ def test_image_stem_with_mask_suffix_pairs_with_equal_mask_stem(tmp_path):
     _pair(tmp_path / "images", tmp_path / "masks", "b", mask_name="b_mask")
     split = discover(DataConfig(root=str(tmp_path), val_fraction=0))
     assert sorted(p.stem for p in split.train) == ["b", "cell_gt"]
+
+
+def test_dataset_longer_than_its_items_works_before_set_epoch(synth_dir):
+    split = discover(DataConfig(root=str(synth_dir)))
+    items = [Item(p.image, p.mask) for p in split.train]
+    ds = SegDataset(items, Preprocess(), train=True, input_size=32, length=3 * len(items))
+    assert ds[len(ds) - 1]["image"].shape == (1, 32, 32)  # no IndexError from a stale order
+
+
+@pytest.mark.parametrize("layout", ["flat", "split", "keras"])
+def test_layout_without_root_is_a_data_error(layout):
+    with pytest.raises(DataError, match=f"data.layout {layout} needs data.root"):
+        discover(DataConfig(layout=layout))

@@ -89,3 +89,35 @@ def test_distill_resume(tiny_model, synth_dir, tmp_path):
     assert main(["-q", "distill", "--resume", str(tmp_path / "r")]) == 0
     r = json.loads((tmp_path / "r" / "distill_report.json").read_text())
     assert r["epochs"] == 3
+
+
+def test_distill_without_validation_keeps_the_latest_student(tiny_model, synth_dir, tmp_path):
+    # No held-out images: the loss (about 8 with T=4, since soft BCE is scaled by T^2) is no score,
+    # so the model file must still be written and the report made.
+    r = _distill(tiny_model, synth_dir / "images", tmp_path, "nv", "--temperature", "4",
+                 "--set", "distill.val_fraction=0")
+    assert (tmp_path / "nv" / "model.safetensors").is_file()
+    assert r["best_epoch"] == r["epochs"] == 2
+    assert read_model_info(tmp_path / "nv" / "model.safetensors").summary["epoch"] == 2
+
+
+def test_distill_lr_flag_sets_the_student_rate(synth_dir):
+    from segdistill.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["distill", "--teacher", "t.safetensors", "--images", str(synth_dir), "--lr", "0.003"])
+    cfg = _config_from_args(args)
+    assert cfg.distill.lr == 0.003
+
+
+def test_overwrite_removes_the_previous_run(tiny_model, synth_dir, tmp_path):
+    _distill(tiny_model, synth_dir / "images", tmp_path, "o")
+    old_state = (tmp_path / "o" / "state.safetensors").stat().st_mtime_ns
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    from segdistill.config import load_config
+    from segdistill.engine.train import new_run_dir
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "name=o"])
+    assert new_run_dir(cfg, overwrite=True) == tmp_path / "o"
+    assert not (tmp_path / "o" / "state.safetensors").exists(), old_state
+    assert not (tmp_path / "o" / "model.safetensors").exists()
+    assert (tmp_path / "o" / "notes.txt").read_text() == "mine"  # only the run's own files go

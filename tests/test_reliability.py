@@ -920,3 +920,17 @@ def test_written_files_are_complete_and_readable_by_others(tiny_model: Path, syn
     assert not [p for p in written if ".tmp" in p.name]
     for p in [*written, tiny_model]:
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, p
+
+
+def test_evaluate_invert_can_be_switched_off() -> None:
+    from segdistill.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["evaluate", "m.safetensors", "--data", "d", "--no-invert"]).invert is False
+    assert parse(["evaluate", "m.safetensors", "--data", "d", "--invert"]).invert is True
+    assert parse(["evaluate", "m.safetensors", "--data", "d"]).invert is None
+
+
+def test_resume_with_other_flags_names_the_real_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["distill", "--resume", str(tmp_path), "--loss", "cwd"]) == 2
+    assert "(got --loss)" in capsys.readouterr().err

@@ -103,3 +103,12 @@ def test_keras_layout_trains_and_predicts_end_to_end(synth_dir, tmp_path):
     assert main(["-q", "predict", str(tmp_path / "k" / "model.safetensors"), str(base / "val_images"), "--out", str(out), "--name", "v"]) == 0
     masks = sorted((out / "v").glob("*.png"))
     assert len(masks) == 3 and Image.open(masks[0]).size == (64, 64)
+
+
+def test_resume_with_an_edited_model_is_a_one_line_error(synth_dir, tmp_path, capsys):
+    assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "e", *TINY_TRAIN]) == 0
+    cfg = tmp_path / "e" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("base: 4", "base: 6").replace("epochs: 2", "epochs: 3"))
+    assert main(["-q", "train", "--resume", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "does not fit config.yaml (model:" in err and "\n" not in err

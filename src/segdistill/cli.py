@@ -18,7 +18,7 @@ from .errors import SegdistillError
 log = logging.getLogger("segdistill")
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
     p.add_argument("--config", "-c", help="YAML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
@@ -26,7 +26,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", help="where run folders go (default runs/)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    if student:  # distill trains the student at distill.lr, so that is what --lr sets there
+        p.add_argument("--lr", dest="student_lr", type=float, help="student learning rate (distill.lr)")
+    else:
+        p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
 
@@ -38,8 +41,10 @@ _FLAG_KEYS = {
     "input_size": "train.input_size", "invert": "data.invert", "teacher": "distill.teacher",
     "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
     "baseline": "distill.baseline", "kd_loss": "distill.loss", "temperature": "distill.temperature",
-    "alpha": "distill.alpha",
+    "alpha": "distill.alpha", "student_lr": "distill.lr",
 }
+# Flags whose argparse dest differs from the flag's name.
+_FLAG_NAMES = {"kd_loss": "loss", "student_lr": "lr"}
 
 
 def _override(key: str, value: object) -> str:
@@ -62,13 +67,14 @@ def _check_resume_alone(args: argparse.Namespace) -> None:
     given = [k for k in (*_FLAG_KEYS, "config") if getattr(args, k, None) not in (None, False)] + (["set"] if args.overrides else [])
     if given:
         raise ConfigError(
-            f"--resume takes no other settings (got --{given[0].replace('_', '-')}); "
+            f"--resume takes no other settings (got --{_FLAG_NAMES.get(given[0], given[0]).replace('_', '-')}); "
             "edit RUN_DIR/config.yaml to change a resumed run (e.g. train.epochs to extend it)"
         )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .data.check import check_data
+    from .distributed import is_main_process
     from .engine.train import fit
 
     if args.resume:
@@ -82,7 +88,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
     result = fit(cfg, overwrite=args.overwrite)
-    print(f"results: {result.run_dir}")
+    if is_main_process():
+        print(f"results: {result.run_dir}")
     return 0
 
 
@@ -121,7 +128,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_to_folder(
         predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
         recursive=args.recursive or p.recursive, save_probs=args.probs or p.save_probs,
-        save_overlay=args.overlay or p.overlay,
+        save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
     )
     print(f"{summary.written} masks written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
     if summary.failed:
@@ -230,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--device")
-    p.add_argument("--invert", action="store_true", default=None, help="override the model's invert setting")
+    p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
+                   help="override the model's invert setting (--no-invert turns it off)")
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
     p.set_defaults(fn=cmd_evaluate)
 
@@ -251,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
-    _add_config_args(p)
+    _add_config_args(p, student=True)
     p.add_argument("--teacher", help="teacher model file")
     p.add_argument("--images", help="folder of transfer images (labels not needed)")
     p.add_argument("--data", help="optional labelled data for validation (and alpha)")
@@ -316,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; completed epochs are saved (resume with --resume RUN_DIR)", file=sys.stderr)
+        resumable = args.fn in (cmd_train, cmd_distill)
+        print("interrupted" + ("; completed epochs are saved (resume with --resume RUN_DIR)" if resumable else ""),
+              file=sys.stderr)
         return 130
 
 

@@ -152,6 +152,7 @@ class PredictConfig:
     overlay: bool = False
     batch_size: int = 4
     num_workers: int | Literal["auto"] = "auto"
+    """Background threads reading images ahead of the model; auto = 2."""
     recursive: bool = False
     tile: int | None = None
     """Predict large images in overlapping tiles of this size (None: whole image at once)."""

@@ -70,6 +70,8 @@ class SegDataset(Dataset):
         self.resize_masks = resize_masks or train
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
         self._order = np.arange(len(items))
+        if train and items:
+            self.set_epoch(0)  # a valid order even when the caller never calls set_epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch (a new crop order and new augmentations); call before each epoch."""

@@ -185,10 +185,11 @@ def discover(cfg: DataConfig, seed: int = 0) -> Split:
     layout = cfg.layout
     if layout == "auto":
         layout = _detect(cfg, root)
+    if layout in ("keras", "split", "flat") and root is None:
+        raise DataError(f"data.layout {layout} needs data.root (--data DIR)")
     reports: list[PairReport] = []
     if layout in ("explicit", "keras"):
         if layout == "keras":
-            assert root is not None
             ti, tm, vi, vm = (root / n for n in cfg.keras_names)
             vi = vi if vi.is_dir() else None
             vm = vm if vm.is_dir() else None
@@ -205,7 +206,6 @@ def discover(cfg: DataConfig, seed: int = 0) -> Split:
         else:
             train, val = split_pairs(train_rep.pairs, cfg.val_fraction, seed, cfg.val_stems)
     elif layout == "split":
-        assert root is not None
         tr, va = root / "train", _child(root, "val", "valid", "validation")
         train_rep = pair_folder(_child(tr, "images", "image", "imgs") or tr / "images", _child(tr, "masks", "mask", "labels", "label") or tr / "masks", cfg.recursive)
         reports.append(train_rep)
@@ -217,7 +217,6 @@ def discover(cfg: DataConfig, seed: int = 0) -> Split:
         else:
             train, val = split_pairs(train, cfg.val_fraction, seed, cfg.val_stems)
     else:  # flat
-        assert root is not None
         img_dir = _child(root, "images", "image", "imgs")
         mask_dir = _child(root, "masks", "mask", "labels", "label")
         if img_dir is None or mask_dir is None:

@@ -43,6 +43,7 @@ from .train import (
     make_ema,
     model_input,
     open_run,
+    restore,
     rng_state,
     run_epoch,
     set_rng_state,
@@ -245,18 +246,9 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     history: list[dict[str, Any]] = []
     start, best, best_epoch = 1, -1.0, 0
     if state is not None:
-        student.load_state_dict(state["model"])
-        kd.load_state_dict(state["kd"])
-        optimizer.load_state_dict(state["optimizer"])
-        if step_sched is not None:
-            step_sched.load_state_dict(state["scheduler"])
-        if plateau is not None:
-            plateau.load_state_dict(state["plateau"])
+        restore(run_dir, state, model=student, kd=kd, optimizer=optimizer, scheduler=step_sched, plateau=plateau,
+                scaler=scaler, ema=ema)
         set_rng_state(state["rng"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
         history, start, best, best_epoch = state["history"], state["epoch"] + 1, state["best"], state["best_epoch"]
     elif main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,12 +286,13 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             row.update(val_iou=round(m["iou"], 6), val_dice=round(m["dice"], 6), agreement_iou=round(agree["iou"], 6))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
-        score = row["val_iou"] if row["val_iou"] is not None else -loss
         if plateau is not None and row["val_iou"] is not None:
             plateau.step(row["val_iou"])
-        improved = score > best
+        # Without validation the latest student is the one kept (as in fit): a loss is no score,
+        # since its scale depends on the KD loss and the temperature.
+        improved = row["val_iou"] is None or row["val_iou"] > best
         if improved:
-            best, best_epoch = score, epoch
+            best, best_epoch = row["val_iou"] if row["val_iou"] is not None else best, epoch
         if main:
             summary = {"distilled_from": teacher_path.name, "teacher_sha256": teacher_sha, "epoch": epoch,
                        "val_iou": row["val_iou"], "validation": "labels" if val_key == "mask" else "teacher agreement"}

@@ -50,7 +50,7 @@ def evaluate(
     """IoU, Dice, precision, recall and accuracy of ``model`` on ``loader``'s whole images.
 
     ``target_key`` picks the reference: ``"mask"`` (labels) or ``"soft"`` (a teacher's
-    probabilities, thresholded at 0.5: agreement with the teacher).
+    probabilities, binarised at ``threshold``: agreement with the teacher).
     """
     model.eval()
     parts: list[Counts] = []

@@ -261,9 +261,22 @@ def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+# What a run writes; ``overwrite`` removes these first, so nothing of the old run (a state to
+# resume from, a better-scoring model) can be mistaken for the new one's.
+RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "state.safetensors", "history.csv",
+             "curves.png", "metrics.json", "distill_report.json")
+
+
 def new_run_dir(cfg: Config, overwrite: bool) -> Path:
-    """``runs/NAME``, or ``runs/NAME-2``, ``-3``... when it is taken (unless ``overwrite``)."""
+    """``runs/NAME``, or ``runs/NAME-2``, ``-3``... when it is taken (unless ``overwrite``, which
+    reuses ``runs/NAME`` after removing the previous run's files, its ``baseline/`` run included)."""
     base = cfg.run_dir
+    if overwrite and base.is_dir() and is_main_process():
+        for folder in (base, base / "baseline"):
+            for name in RUN_FILES:
+                (folder / name).unlink(missing_ok=True)
+            if folder.is_dir():
+                remove_temporaries(folder)
     if overwrite or not base.exists() or not any(base.iterdir()):
         return base
     k = 2
@@ -296,6 +309,26 @@ def open_run(cfg: Config | None, resume: str | Path | None, overwrite: bool) -> 
         remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
     state_path = run_dir / "state.safetensors"
     return cfg, run_dir, load_state(state_path) if state_path.is_file() else None
+
+
+def restore(run_dir: Path, state: dict[str, Any], **parts: Any) -> None:
+    """Load each part (model, optimizer, ...) from the saved ``state``; parts that are None are not
+    in use. A state that does not fit (config.yaml edited to another model, optimiser or scheduler
+    before resuming) is a one-line error, not a traceback from load_state_dict."""
+    optional = {"scaler", "ema"}  # may be switched on for a resumed run: they start fresh
+    for name, part in parts.items():
+        saved = state.get(name)
+        if part is None or (saved is None and name in optional):
+            continue
+        try:
+            if saved is None:
+                raise ValueError("nothing saved")
+            part.load_state_dict(saved)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise SegdistillError(
+                f"{run_dir}: the saved training state does not fit config.yaml ({name}: {first}); "
+                "undo the change to the config, or start a new run") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -348,17 +381,9 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     history: list[dict[str, Any]] = []
     start_epoch, best_iou, best_epoch, stale = 1, -1.0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if step_sched is not None:
-            step_sched.load_state_dict(state["scheduler"])
-        if plateau is not None:
-            plateau.load_state_dict(state["plateau"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        restore(run_dir, state, model=model, optimizer=optimizer, scheduler=step_sched, plateau=plateau,
+                scaler=scaler, ema=ema)
         set_rng_state(state["rng"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
         history = state["history"]
         start_epoch = state["epoch"] + 1
         best_iou, best_epoch, stale = state["best_iou"], state["best_epoch"], state["stale"]

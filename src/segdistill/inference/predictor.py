@@ -91,8 +91,10 @@ class Predictor:
     def predict_image(self, path: str | Path) -> np.ndarray:
         return self.predict_arrays([read_image(path, self.info.preprocess.channels)])[0]
 
-    def stream(self, files: list[Path], batch_size: int = 4, prefetch: int = 8) -> Iterator[tuple[Loaded, np.ndarray | None]]:
-        """Yield (loaded image, probability map) in input order; reading runs in background threads.
+    def stream(self, files: list[Path], batch_size: int = 4, prefetch: int = 8,
+               workers: int = 2) -> Iterator[tuple[Loaded, np.ndarray | None]]:
+        """Yield (loaded image, probability map) in input order; reading runs in ``workers``
+        background threads (decoding releases the GIL), at most ``prefetch`` images ahead.
 
         Unreadable files come back with ``error`` set and no probabilities, so one bad file does
         not stop a folder.
@@ -105,7 +107,7 @@ class Predictor:
             except SegdistillError as e:
                 return Loaded(p, None, str(e))
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             queue: list[Future[Loaded]] = []
             it = iter(files)
             for p in it:
@@ -169,6 +171,7 @@ def predict_to_folder(
     recursive: bool = False,
     save_probs: bool = False,
     save_overlay: bool = False,
+    workers: int = 2,
 ) -> PredictSummary:
     """Predict every image of ``source`` into ``out_dir``: ``NAME.png`` masks (0/255, input size),
     ``probs/NAME.png`` (8-bit probabilities) and ``overlays/NAME.png`` on request."""
@@ -182,7 +185,7 @@ def predict_to_folder(
     failed: list[str] = []
     written, fg = 0, 0.0
     bar = tqdm(total=len(files), desc="predict", disable=None, dynamic_ncols=True)
-    for item, prob in predictor.stream(files, batch_size):
+    for item, prob in predictor.stream(files, batch_size, workers=workers):
         bar.update(1)
         if prob is None:
             failed.append(item.error or str(item.path))
