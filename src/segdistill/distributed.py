@@ -50,6 +50,17 @@ def broadcast_floats(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_ranks(flag: bool, device: torch.device) -> bool:
+    """True only when ``flag`` is true on every rank. A check that fails on one rank (a non-finite
+    loss) must stop all of them together: a rank that stops alone leaves the others waiting in the
+    next gradient all-reduce until the backend times out."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

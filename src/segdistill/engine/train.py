@@ -31,7 +31,7 @@ from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
-from ..distributed import broadcast_floats, cleanup, init_distributed, is_main_process, world_size
+from ..distributed import all_ranks, broadcast_floats, cleanup, init_distributed, is_main_process, world_size
 from ..errors import SegdistillError, TrainingError
 from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
@@ -89,8 +89,10 @@ def run_epoch(
     bar = tqdm(loader, desc=desc, leave=False, disable=None if is_main_process() else True, dynamic_ncols=True)
     for step, batch in enumerate(bar):
         loss = batch_loss(batch)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss.detach().item()}) at {desc}, step {step + 1}")
+        finite = bool(torch.isfinite(loss))
+        if not all_ranks(finite, loss.device):
+            where = f"({loss.detach().item()})" if not finite else "on another rank"
+            raise TrainingError(f"non-finite loss {where} at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, params, scaler, scheduler, grad_clip)
         if ema is not None:
             ema.update_parameters(unwrap(model))
@@ -174,7 +176,8 @@ def make_loaders(
         sampler=sampler,
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        drop_last=len(train_set) > cfg.train.batch_size,
+        # Each rank's share decides: a share no bigger than one batch must not be dropped whole.
+        drop_last=(len(sampler) if sampler is not None else len(train_set)) > cfg.train.batch_size,
     )
     val_loader = None
     if val_set is not None and len(val_set):
