@@ -47,3 +47,13 @@ def test_counts_concatenate():
     b = confusion(_t([[0, 0]]), _t([[0, 1]]))
     c = Counts.cat([a, b])
     assert c.tp.tolist() == [1, 0] and c.fn.tolist() == [1, 1]
+
+
+def test_predicts_nothing_only_for_an_empty_prediction_of_a_non_empty_reference():
+    from segdistill.metrics import predicts_nothing
+
+    t = torch.tensor([[0, 1, 1, 0]])
+    assert predicts_nothing(summarise(confusion(torch.zeros_like(t), t)))
+    assert not predicts_nothing(summarise(confusion(torch.tensor([[0, 1, 0, 0]]), t)))  # partly right
+    assert not predicts_nothing(summarise(confusion(torch.tensor([[1, 0, 0, 0]]), t)))  # wrong, not empty
+    assert not predicts_nothing(summarise(confusion(torch.zeros_like(t), torch.zeros_like(t))))  # nothing to find

@@ -112,3 +112,19 @@ def test_resume_with_an_edited_model_is_a_one_line_error(synth_dir, tmp_path, ca
     assert main(["-q", "train", "--resume", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "does not fit config.yaml (model:" in err and "\n" not in err
+
+
+def test_a_model_predicting_only_background_is_reported(synth_dir, tmp_path, capsys, monkeypatch):
+    import segdistill.engine.train as train_mod
+
+    real = train_mod.evaluate
+
+    def collapsed(*args, **kwargs):  # the validation of a model that predicts no foreground
+        r = real(*args, **kwargs)
+        r.metrics.update(recall=0.0, precision=1.0, iou=0.0)
+        return r
+
+    monkeypatch.setattr(train_mod, "evaluate", collapsed)
+    assert main(["-q", *_run_args(synth_dir, tmp_path, "bg", epochs=3)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("predicted no foreground in 3 validations in a row (epoch 3)") == 1

@@ -62,3 +62,9 @@ def summarise(c: Counts) -> dict[str, float]:
     pooled = {k: float(v[0]) for k, v in scores(c.sum()).items()}
     per_image = {f"{k}_per_image": float(v.mean()) for k, v in scores(c).items()}
     return {**pooled, **per_image}
+
+
+def predicts_nothing(metrics: dict[str, float]) -> bool:
+    """True when a model predicted no foreground pixel although the reference has some (pooled
+    recall 0 with precision 1 by the empty-prediction convention): the sign of a collapsed model."""
+    return metrics.get("recall") == 0.0 and metrics.get("precision") == 1.0

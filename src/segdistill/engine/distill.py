@@ -31,14 +31,17 @@ from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError, TrainingError
 from ..fileio import write_json, write_text
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
+from ..metrics import predicts_nothing
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import evaluate
 from .targets import build_target_cache, mean_foreground
 from .train import (
+    COLLAPSE_PATIENCE,
     build_optimizer,
     build_schedulers,
+    collapse_message,
     fit,
     make_ema,
     model_input,
@@ -245,6 +248,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
 
     history: list[dict[str, Any]] = []
     start, best, best_epoch = 1, -1.0, 0
+    empty_streak = 0
     if state is not None:
         restore(run_dir, state, model=student, kd=kd, optimizer=optimizer, scheduler=step_sched, plateau=plateau,
                 scaler=scaler, ema=ema)
@@ -284,6 +288,9 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             m = evaluate(final, val_loader, device, tinfo.threshold, target_key=val_key).metrics
             agree = m if val_key == "soft" else evaluate(final, val_loader, device, tinfo.threshold, target_key="soft").metrics
             row.update(val_iou=round(m["iou"], 6), val_dice=round(m["dice"], 6), agreement_iou=round(agree["iou"], 6))
+            empty_streak = empty_streak + 1 if predicts_nothing(m) else 0
+            if empty_streak == COLLAPSE_PATIENCE and main:
+                log.warning(collapse_message(epoch, cfg.train.lr) + " (distill.lr sets the student's rate)")
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
         if plateau is not None and row["val_iou"] is not None:

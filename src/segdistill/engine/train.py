@@ -35,6 +35,7 @@ from ..distributed import all_ranks, broadcast_floats, cleanup, init_distributed
 from ..errors import SegdistillError, TrainingError
 from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
+from ..metrics import predicts_nothing
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
@@ -334,6 +335,14 @@ def restore(run_dir: Path, state: dict[str, Any], **parts: Any) -> None:
                 "undo the change to the config, or start a new run") from None
 
 
+COLLAPSE_PATIENCE = 3
+
+
+def collapse_message(epoch: int, lr: float) -> str:
+    return (f"the model has predicted no foreground in {COLLAPSE_PATIENCE} validations in a row (epoch {epoch}): "
+            f"it may have collapsed to background; a lower learning rate (now {lr:g}) or a wider model usually cures it")
+
+
 def rng_state() -> dict[str, Any]:
     return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
@@ -383,6 +392,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
 
     history: list[dict[str, Any]] = []
     start_epoch, best_iou, best_epoch, stale = 1, -1.0, 0, 0
+    empty_streak = 0
     if state is not None:
         restore(run_dir, state, model=model, optimizer=optimizer, scheduler=step_sched, plateau=plateau,
                 scaler=scaler, ema=ema)
@@ -436,6 +446,10 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
         if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
             result = evaluate(final, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
         iou = result.metrics.get("iou")
+        if result.metrics:
+            empty_streak = empty_streak + 1 if predicts_nothing(result.metrics) else 0
+        if empty_streak == COLLAPSE_PATIENCE and result.metrics:
+            log.warning(collapse_message(epoch, cfg.train.lr))
         if distributed:  # every rank must take the same LR, best-model and stopping decisions
             (shared,) = broadcast_floats([-1.0 if iou is None else iou], device)
             iou = None if shared < 0 else shared
