@@ -290,7 +290,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             row.update(val_iou=round(m["iou"], 6), val_dice=round(m["dice"], 6), agreement_iou=round(agree["iou"], 6))
             empty_streak = empty_streak + 1 if predicts_nothing(m) else 0
             if empty_streak == COLLAPSE_PATIENCE and main:
-                log.warning(collapse_message(epoch, cfg.train.lr) + " (distill.lr sets the student's rate)")
+                log.warning(collapse_message(epoch, cfg.train.lr))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
         if plateau is not None and row["val_iou"] is not None:

@@ -340,7 +340,8 @@ COLLAPSE_PATIENCE = 3
 
 def collapse_message(epoch: int, lr: float) -> str:
     return (f"the model has predicted no foreground in {COLLAPSE_PATIENCE} validations in a row (epoch {epoch}): "
-            f"it may have collapsed to background; a lower learning rate (now {lr:g}) or a wider model usually cures it")
+            f"it may have collapsed to background (seen with 2-3 channels at the top level; lr now {lr:g}): "
+            "a wider model or another seed avoids it")
 
 
 def rng_state() -> dict[str, Any]:
