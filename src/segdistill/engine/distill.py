@@ -299,7 +299,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         # since its scale depends on the KD loss and the temperature.
         improved = row["val_iou"] is None or row["val_iou"] > best
         if improved:
-            best, best_epoch = row["val_iou"] if row["val_iou"] is not None else best, epoch
+            best_epoch = epoch
+            best = best if row["val_iou"] is None else row["val_iou"]
         if main:
             summary = {"distilled_from": teacher_path.name, "teacher_sha256": teacher_sha, "epoch": epoch,
                        "val_iou": row["val_iou"], "validation": "labels" if val_key == "mask" else "teacher agreement"}
