@@ -7,7 +7,12 @@
 3. Evaluate every model on the 120 test images (never seen in training or model selection) and
    print a table: parameters, GFLOPs, CPU latency, test IoU and Dice, mean over seeds.
 
-    python benchmarks/kvasir_distill.py [--teacher-epochs 28] [--student-epochs 20] [--seeds 0 1]
+    python benchmarks/kvasir_distill.py [--teacher-epochs 28] [--student-epochs 20] [--seeds 0 1] [--jobs 2]
+
+--jobs N runs N (student, seed) pairs at once, one thread each: tiny students are bound by
+per-operation overhead, not arithmetic, so two one-thread processes do about twice the work of one
+two-thread process. Both members of a pair (distilled and labels only) run in the same process under
+the same load, so their times stay comparable.
 
 Model sizes are U-Net arguments: --teacher-args base=24,depth=4 --students base=6,depth=3 base=3,depth=3.
 """
@@ -15,9 +20,12 @@ Model sizes are U-Net arguments: --teacher-args base=24,depth=4 --students base=
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import common
 import torch
@@ -25,8 +33,10 @@ import torch
 from segdistill.benchmark import count_gflops, count_params, cpu_latency_ms
 from segdistill.checkpoint import load_model
 from segdistill.config import load_config
+from segdistill.data.discovery import list_images
 from segdistill.engine.distill import distill
 from segdistill.engine.evaluate import evaluate_model
+from segdistill.engine.targets import build_target_cache
 from segdistill.engine.train import fit
 
 
@@ -40,6 +50,19 @@ def _unet_args(text: str) -> dict[str, int]:
 
 def _yaml(args: dict[str, int]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in args.items()) + "}"
+
+
+def _pair(overrides: list[str], test: str, threads: int) -> dict[str, Any]:
+    """Distill one student and train its label-only twin (one process); test-set metrics of both."""
+    torch.set_num_threads(threads)
+    t1 = time.perf_counter()
+    r = distill(load_config(None, overrides), overwrite=True)
+    minutes = (time.perf_counter() - t1) / 60
+    out: dict[str, Any] = {"run_dir": str(r.run_dir), "minutes": minutes}
+    for kind, model in (("distilled", r.run_dir / "model.safetensors"),
+                        ("labels only", r.run_dir / "baseline" / "model.safetensors")):
+        out[kind] = evaluate_model(model, Path(test), out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
+    return out
 
 
 def main() -> None:
@@ -58,6 +81,9 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=128)
     ap.add_argument("--samples", type=int, default=None, help="crops per epoch (default: one per image)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--jobs", type=int, default=1, help="(student, seed) pairs run at once, one thread each")
+    ap.add_argument("--set", dest="extra", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="more config overrides for the students (e.g. distill.targets=online)")
     args = ap.parse_args()
     data = Path(args.data)
     if not (data / "train").is_dir():
@@ -82,25 +108,38 @@ def main() -> None:
              "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": cpu_latency_ms(tm, ch, size),
              "test IoU": t_eval["iou"], "test Dice": t_eval["dice"], "minutes": teacher_minutes}]
     per_run = []
+    jobs = []
+    for sargs in args.students:
+        for seed in args.seeds:
+            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items()) + f"_s{seed}"
+            overrides = [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
+                         f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
+                         f"distill.student.args={_yaml(sargs)}", f"distill.alpha={args.alpha}",
+                         "distill.baseline=true", *args.extra]
+            jobs.append((sargs, seed, overrides))
+    if args.jobs > 1:
+        # Fill the target cache once, here, so parallel jobs never race to run the teacher.
+        images, _ = list_images(data / "train" / "images")
+        build_target_cache(tm, tinfo, teacher, images, None, args.device)
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_pair, o, str(test), 1) for _, _, o in jobs]
+            outcomes = [f.result() for f in futures]
+    else:
+        outcomes = [_pair(o, str(test), torch.get_num_threads()) for _, _, o in jobs]
     for sargs in args.students:
         label = ", ".join(f"{k} {v}" for k, v in sargs.items())
         results: dict[str, list[dict[str, float]]] = {"distilled": [], "labels only": []}
-        for seed in args.seeds:
-            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items()) + f"_s{seed}"
-            cfg = load_config(None, [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
-                                     f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
-                                     f"distill.student.args={_yaml(sargs)}", f"distill.alpha={args.alpha}",
-                                     "distill.baseline=true"])
-            t1 = time.perf_counter()
-            r = distill(cfg, overwrite=True)
-            minutes = (time.perf_counter() - t1) / 60
-            for kind, model in (("distilled", r.run_dir / "model.safetensors"),
-                                ("labels only", r.run_dir / "baseline" / "model.safetensors")):
-                m = evaluate_model(model, test, out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
-                results[kind].append(m)
-                per_run.append({"student": label, "seed": seed, "kind": kind, "test IoU": m["iou"], "test Dice": m["dice"]})
-            per_run[-1]["minutes (distill + baseline)"] = minutes
-        sm, _ = load_model(r.run_dir / "model.safetensors")
+        for (jargs, seed, _), o in zip(jobs, outcomes):
+            if jargs != sargs:
+                continue
+            for kind in results:
+                results[kind].append(o[kind])
+                per_run.append({"student": label, "seed": seed, "kind": kind,
+                                "test IoU": o[kind]["iou"], "test Dice": o[kind]["dice"]})
+            per_run[-1]["minutes (distill + baseline)"] = o["minutes"]
+            run_dir = Path(o["run_dir"])
+        sm, _ = load_model(run_dir / "model.safetensors")
         for kind, ms in results.items():
             rows.append({"model": f"student {label}, {kind}", "params": count_params(sm),
                          "compression": rows[0]["params"] / count_params(sm), "GFLOPs": count_gflops(sm, ch, size),

@@ -11,6 +11,7 @@ from segdistill.losses import (
     feature_loss,
     focal_loss,
     jaccard_loss,
+    lovasz_hinge_loss,
     make_task_loss,
     prob_to_logit,
     soft_bce_loss,
@@ -47,7 +48,31 @@ def test_focal_is_bce_weighted_by_confidence():
     assert focal_loss(logits, t, alpha=None).item() == pytest.approx(expected.item())
 
 
-@pytest.mark.parametrize("name", ["bce", "dice", "jaccard", "focal", "bce_dice"])
+def test_lovasz_hinge_known_values():
+    t = torch.zeros(1, 1, 3, 3)
+    t[..., 0, :] = 1  # 3 foreground pixels
+    sure = torch.where(t > 0, 2.0, -2.0)  # every margin >= 1: no hinge error at all
+    assert lovasz_hinge_loss(sure, t).item() == pytest.approx(0.0)
+    # all logits 0: every pixel has error 1, so the loss is the Jaccard loss of the full error set = 1
+    assert lovasz_hinge_loss(torch.zeros_like(t), t).item() == pytest.approx(1.0)
+    # one background pixel at logit 0 (error 1), the rest sure: 1 - IoU after that one mistake = 1 - 3/4
+    one_fp = sure.clone()
+    one_fp[0, 0, 2, 2] = 0.0
+    assert lovasz_hinge_loss(one_fp, t).item() == pytest.approx(1 - 3 / 4)
+    # images are scored separately and averaged: a perfect image and the one above give half of it
+    both = lovasz_hinge_loss(torch.cat([sure, one_fp]), torch.cat([t, t]))
+    assert both.item() == pytest.approx((1 - 3 / 4) / 2)
+
+
+def test_lovasz_hinge_on_empty_mask_penalises_false_positives_only():
+    t = torch.zeros(1, 1, 2, 2)
+    assert lovasz_hinge_loss(torch.full_like(t, -3.0), t).item() == pytest.approx(0.0)
+    x = torch.full_like(t, -3.0)
+    x[0, 0, 0, 0] = 1.0  # error 2 on one pixel; with no foreground its weight is 1
+    assert lovasz_hinge_loss(x, t).item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name", ["bce", "dice", "jaccard", "focal", "bce_dice", "lovasz", "bce_lovasz"])
 def test_task_losses_decrease_towards_target(name):
     t = (torch.rand(2, 1, 8, 8) > 0.5).float()
     fn = make_task_loss(name)

@@ -93,7 +93,7 @@ class TrainConfig:
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     min_lr: float = 1e-6
-    loss: Literal["bce", "dice", "jaccard", "focal", "bce_dice"] = "bce_dice"
+    loss: Literal["bce", "dice", "jaccard", "focal", "bce_dice", "lovasz", "bce_lovasz"] = "bce_dice"
     pos_weight: float | Literal["auto"] | None = None
     """Weight of the positive class in BCE; "auto" = background/foreground pixel ratio (capped)."""
     early_stopping: int = 0
