@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from segdistill.checkpoint import read_model_info
 from segdistill.cli import main
+from segdistill.engine.distill import mix_batch
 
 TINY = ["--epochs", "2", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8",
         "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
@@ -65,6 +67,7 @@ def test_labelled_validation_with_baseline_and_keras_teacher(synth_dir, tmp_path
     ["--targets", "online"],
     ["--targets", "online", "--set", "distill.feature_weight=1.0", "--set", "distill.loss=soft_bce+cwd"],
     ["--loss", "cwd", "--temperature", "4", "--alpha", "0.5", "--data", "SYNTH"],
+    ["--targets", "online", "--set", "distill.mixup=0.4", "--alpha", "0.5", "--data", "SYNTH"],
 ])
 def test_loss_and_target_variants(tiny_model, synth_dir, tmp_path, extra):
     extra = [str(synth_dir) if e == "SYNTH" else e for e in extra]
@@ -76,10 +79,20 @@ def test_loss_and_target_variants(tiny_model, synth_dir, tmp_path, extra):
         assert r["teacher_forward_passes"] > 0
 
 
-def test_feature_distillation_needs_online_targets(tiny_model, synth_dir, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["distill.feature_weight=1", "distill.mixup=0.4"])
+def test_feature_distillation_and_mixup_need_online_targets(tiny_model, synth_dir, tmp_path, capsys, option):
     rc = main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"),
-               "--set", "distill.feature_weight=1", "--output-dir", str(tmp_path)])
+               "--set", option, "--output-dir", str(tmp_path)])
     assert rc == 2 and "needs distill.targets: online" in capsys.readouterr().err
+
+
+def test_mix_batch_blends_images_and_labels_alike():
+    img = torch.arange(4.0).view(2, 1, 1, 2)
+    mask = torch.tensor([1.0, 0.0]).view(2, 1, 1, 1)
+    out = mix_batch({"image": img, "mask": mask, "index": torch.tensor([7, 8])}, 0.75, torch.tensor([1, 0]))
+    assert torch.allclose(out["image"][0], 0.75 * img[0] + 0.25 * img[1])
+    assert out["mask"].flatten().tolist() == [0.75, 0.25]
+    assert out["index"].tolist() == [7, 8]  # anything else passes through
 
 
 def test_distill_resume(tiny_model, synth_dir, tmp_path):

@@ -139,6 +139,9 @@ class DistillConfig:
     balance: bool = False
     """Re-weight the teacher's foreground in soft BCE by sqrt(background/foreground) (class balance).
     Off by default: measured no better than the Dice term, which already balances (docs/distillation.md)."""
+    mixup: float = 0.0
+    """Online targets only: blend each batch with a shuffled copy, weight ~ Beta(mixup, mixup), and let
+    the teacher label the blend (function matching); 0 = off, 0.2-1.0 typical."""
     lr: float | None = 0.01
     """Student learning rate; small students want a higher one than teachers (None: train.lr)."""
 
@@ -361,6 +364,7 @@ def validate(cfg: Config) -> None:
         (len(cfg.data.keras_names) == 4, "data.keras_names must name 4 folders"),
         (cfg.distill.temperature > 0, "distill.temperature must be positive"),
         (cfg.distill.cwd_temperature > 0, "distill.cwd_temperature must be positive"),
+        (cfg.distill.mixup >= 0, "distill.mixup must not be negative (0 = off)"),
         (t.val_every >= 1, "train.val_every must be at least 1"),
         (t.warmup_epochs >= 0, "train.warmup_epochs must not be negative"),
         (t.ema is None or 0 < t.ema < 1, "train.ema must lie between 0 and 1 (e.g. 0.99), or be null"),

@@ -111,15 +111,21 @@ def distill_one_epoch(
     channels_last: bool = False,
     desc: str = "distill",
     ema: AveragedModel | None = None,
+    mixup: float = 0.0,
 ) -> tuple[float, int]:
     """One pass; the teacher runs on each batch when given (online), else batches carry cached
-    ``soft`` targets. Returns (mean loss, teacher forward passes)."""
+    ``soft`` targets. ``mixup`` > 0 (online only) blends each batch with a shuffled copy of itself,
+    weight ~ Beta(mixup, mixup), before teacher and student see it. Returns (mean loss, teacher
+    forward passes)."""
     kd.train()
     features = bool(kd.adapters)
     teacher_passes = 0
+    beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
 
     def batch_loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         nonlocal teacher_passes
+        if beta is not None:
+            batch = mix_batch(batch, float(beta.sample()), torch.randperm(len(batch["image"])))
         x = model_input(batch, device, channels_last)
         t_feats = None
         if teacher is not None:
@@ -140,6 +146,14 @@ def distill_one_epoch(
     mean_loss = run_epoch(student, loader, batch_loss, optimizer, params, scaler=scaler, scheduler=scheduler,
                           grad_clip=grad_clip, desc=desc, ema=ema)
     return mean_loss, teacher_passes
+
+
+def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mixup of a batch with its permutation ``perm``: images and any labels are blended by
+    ``lam``. With online targets the teacher then labels the blend itself, which is what makes mixup
+    useful for distillation ("function matching", Beyer et al., CVPR 2022): the student learns the
+    teacher's function between images, where labels say nothing."""
+    return {k: lam * v + (1 - lam) * v[perm] if k in ("image", "mask") else v for k, v in batch.items()}
 
 
 @dataclass
@@ -175,6 +189,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         raise ConfigError("distill.teacher is not set: give the teacher model file (--teacher MODEL)")
     if d.feature_weight > 0 and d.targets == "cached":
         raise ConfigError("feature distillation (distill.feature_weight > 0) needs distill.targets: online")
+    if d.mixup > 0 and d.targets == "cached":
+        raise ConfigError("distill.mixup needs distill.targets: online (the teacher must label the blended images)")
     device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
     teacher_path = Path(d.teacher)
@@ -277,7 +293,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
             loss, passes = distill_one_epoch(
                 student, teacher if d.targets == "online" else None, kd, optimizer, train_loader, device,
                 amp_dtype=amp_dtype, scaler=scaler, scheduler=step_sched, grad_clip=cfg.train.grad_clip,
-                channels_last=channels_last, desc=desc, ema=ema)
+                channels_last=channels_last, desc=desc, ema=ema, mixup=d.mixup)
         except TrainingError as e:
             raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
         teacher_passes += passes
