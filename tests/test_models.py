@@ -71,3 +71,16 @@ def test_unknown_name_and_argument():
 def test_unet_options(norm, up):
     m = create_model("unet", base=4, depth=2, norm=norm, up=up, dropout=0.1).eval()
     assert m(torch.randn(1, 1, 20, 20)).shape == (1, 1, 20, 20)
+
+
+@pytest.mark.parametrize("act", ["relu", "leaky_relu"])
+def test_dead_units_pass_gradient_only_with_leaky_relu(act):
+    m = create_model("unet", base=3, depth=2, act=act)
+    for mod in m.modules():  # push every normalised unit far below zero: all ReLUs "dead"
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.constant_(mod.bias, -100.0)
+    m(torch.randn(2, 1, 16, 16)).sum().backward()
+    first = m.inc[0].weight.grad
+    assert (first.abs().sum() > 0) == (act == "leaky_relu")
+    with pytest.raises(ConfigError, match="unknown activation"):
+        create_model("unet", act="gelu")

@@ -9,6 +9,17 @@ from torch import nn
 from torch.nn import functional as F
 
 Norm = Literal["batch", "group", "instance", "none"]
+Act = Literal["relu", "leaky_relu"]
+
+
+def act_layer(kind: Act) -> nn.Module:
+    if kind == "relu":
+        return nn.ReLU(inplace=True)
+    if kind == "leaky_relu":
+        # A unit that goes negative still passes gradient: in a student with 3-4 channels per level,
+        # plain ReLU units can all die and cut the network off (docs/distillation.md).
+        return nn.LeakyReLU(0.01, inplace=True)
+    raise ValueError(f"unknown activation '{kind}' (relu, leaky_relu)")
 
 
 def norm_layer(kind: Norm, channels: int) -> nn.Module:
@@ -26,17 +37,17 @@ def norm_layer(kind: Norm, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3 convolutions, each followed by normalisation and ReLU."""
+    """Two 3x3 convolutions, each followed by normalisation and the activation (ReLU)."""
 
-    def __init__(self, cin: int, cout: int, norm: Norm = "batch", dropout: float = 0.0) -> None:
+    def __init__(self, cin: int, cout: int, norm: Norm = "batch", dropout: float = 0.0, act: Act = "relu") -> None:
         bias = norm == "none"
         layers: list[nn.Module] = [
             nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
             norm_layer(norm, cout),
-            nn.ReLU(inplace=True),
+            act_layer(act),
             nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
             norm_layer(norm, cout),
-            nn.ReLU(inplace=True),
+            act_layer(act),
         ]
         if dropout > 0:
             layers.append(nn.Dropout2d(dropout))
@@ -47,7 +58,7 @@ class Up(nn.Module):
     """Upsample by 2, then concatenate the skip connection and fuse with a ConvBlock."""
 
     def __init__(
-        self, cin: int, cskip: int, cout: int, mode: str = "transpose", norm: Norm = "batch"
+        self, cin: int, cskip: int, cout: int, mode: str = "transpose", norm: Norm = "batch", act: Act = "relu"
     ) -> None:
         super().__init__()
         if mode == "transpose":
@@ -61,7 +72,7 @@ class Up(nn.Module):
             cup = cin // 2
         else:
             raise ValueError(f"unknown upsampling '{mode}' (transpose, bilinear)")
-        self.conv = ConvBlock(cup + cskip, cout, norm)
+        self.conv = ConvBlock(cup + cskip, cout, norm, act=act)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, cin/2, 2h, 2w)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .blocks import ConvBlock, Norm, Up, norm_layer, pad_to_multiple
+from .blocks import Act, ConvBlock, Norm, Up, act_layer, norm_layer, pad_to_multiple
 from .registry import register_model
 
 
@@ -25,6 +25,7 @@ class UNetSpec:
     norm: Norm = "batch"
     up: str = "transpose"
     dropout: float = 0.0
+    act: Act = "relu"
 
 
 class UNet(nn.Module):
@@ -40,17 +41,17 @@ class UNet(nn.Module):
         self.spec = spec
         widths = [spec.base * 2**i for i in range(spec.depth + 1)]
         self.widths = widths
-        self.inc = ConvBlock(spec.in_channels, widths[0], spec.norm)
+        self.inc = ConvBlock(spec.in_channels, widths[0], spec.norm, act=spec.act)
         self.downs = nn.ModuleList(
             nn.Sequential(
                 nn.MaxPool2d(2),
                 # Dropout at the deepest level only, where the original U-Net put it.
-                ConvBlock(widths[i], widths[i + 1], spec.norm, spec.dropout if i == spec.depth - 1 else 0.0),
+                ConvBlock(widths[i], widths[i + 1], spec.norm, spec.dropout if i == spec.depth - 1 else 0.0, spec.act),
             )
             for i in range(spec.depth)
         )
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], widths[i], spec.up, spec.norm) for i in reversed(range(spec.depth))
+            Up(widths[i + 1], widths[i], widths[i], spec.up, spec.norm, spec.act) for i in reversed(range(spec.depth))
         )
         self.head = nn.Conv2d(widths[0], 1, 1)
 
@@ -145,8 +146,9 @@ class KerasUNet(nn.Module):
         return (logits, feats) if return_features else logits
 
 
-def _check(norm: str, up: str) -> None:
+def _check(norm: str, up: str, act: str) -> None:
     norm_layer(norm, 8)  # type: ignore[arg-type]  # raises on an unknown name
+    act_layer(act)  # type: ignore[arg-type]
     if up not in ("transpose", "bilinear"):
         raise ValueError(f"unknown upsampling '{up}' (transpose, bilinear)")
 
@@ -159,10 +161,12 @@ def unet(
     norm: str = "batch",
     up: str = "transpose",
     dropout: float = 0.0,
+    act: str = "relu",
 ) -> UNet:
-    """Configurable U-Net; base 64, depth 4 is the classic 31M-parameter model."""
-    _check(norm, up)
-    return UNet(UNetSpec(in_channels, base, depth, norm, up, dropout))  # type: ignore[arg-type]
+    """Configurable U-Net; base 64, depth 4 is the classic 31M-parameter model. ``act``: relu or
+    leaky_relu (for students with only a few channels per level)."""
+    _check(norm, up, act)
+    return UNet(UNetSpec(in_channels, base, depth, norm, up, dropout, act))  # type: ignore[arg-type]
 
 
 # Named sizes: a variation is a value, so each is just `unet` with a different width.
@@ -177,8 +181,9 @@ def _sized(base_width: int):
         norm: str = "batch",
         up: str = "transpose",
         dropout: float = 0.0,
+        act: str = "relu",
     ) -> UNet:
-        return unet(in_channels, base, depth, norm, up, dropout)
+        return unet(in_channels, base, depth, norm, up, dropout, act)
 
     return build
 
