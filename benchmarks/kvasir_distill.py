@@ -20,6 +20,7 @@ Model sizes are U-Net arguments: --teacher-args base=24,depth=4 --students base=
 from __future__ import annotations
 
 import argparse
+import csv
 import multiprocessing
 import statistics
 import time
@@ -40,15 +41,16 @@ from segdistill.engine.targets import build_target_cache
 from segdistill.engine.train import fit
 
 
-def _unet_args(text: str) -> dict[str, int]:
-    """"base=4,depth=3" -> {"base": 4, "depth": 3}."""
+def _unet_args(text: str) -> dict[str, int | str]:
+    """"base=4,depth=3,act=leaky_relu" -> {"base": 4, "depth": 3, "act": "leaky_relu"}."""
     try:
-        return {k.strip(): int(v) for k, v in (kv.split("=") for kv in text.split(","))}
+        pairs = [kv.split("=") for kv in text.split(",")]
+        return {k.strip(): int(v) if v.strip().lstrip("-").isdigit() else v.strip() for k, v in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=INT[,NAME=INT...], got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}") from None
 
 
-def _yaml(args: dict[str, int]) -> str:
+def _yaml(args: dict[str, int | str]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in args.items()) + "}"
 
 
@@ -95,11 +97,14 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.teacher:
         teacher = Path(args.teacher)
+        # Its training time, from the run's history beside it (None when the file travelled alone).
+        hist = teacher.parent / "history.csv"
+        teacher_minutes = (sum(float(r["seconds"]) for r in csv.DictReader(hist.open())) / 60) if hist.is_file() else None
     else:
         cfg = load_config(None, [*common_set, "name=teacher", f"train.epochs={args.teacher_epochs}",
                                  f"model.args={_yaml(args.teacher_args)}", "train.lr=0.002"])
         teacher = fit(cfg, overwrite=True).run_dir / "model.safetensors"
-    teacher_minutes = (time.perf_counter() - t0) / 60
+        teacher_minutes = (time.perf_counter() - t0) / 60
     test = data / "test"
     tm, tinfo = load_model(teacher)
     size, ch = args.input_size, tinfo.preprocess.in_channels
@@ -111,7 +116,7 @@ def main() -> None:
     jobs = []
     for sargs in args.students:
         for seed in args.seeds:
-            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items()) + f"_s{seed}"
+            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items() if k != "act") + f"_s{seed}"
             overrides = [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
                          f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
                          f"distill.student.args={_yaml(sargs)}", f"distill.alpha={args.alpha}",
