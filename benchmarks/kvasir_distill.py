@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +52,8 @@ def _yaml(args: dict[str, int | str]) -> str:
     return "{" + ", ".join(f"{k}: {v}" for k, v in args.items()) + "}"
 
 
-def _pair(overrides: list[str], test: str, threads: int) -> dict[str, Any]:
+def _pair(overrides: list[str], test: str) -> dict[str, Any]:
     """Distill one student and train its label-only twin (one process); test-set metrics of both."""
-    torch.set_num_threads(threads)
     t1 = time.perf_counter()
     r = distill(load_config(None, overrides), overwrite=True)
     minutes = (time.perf_counter() - t1) / 60
@@ -126,12 +123,7 @@ def main() -> None:
         # Fill the target cache once, here, so parallel jobs never race to run the teacher.
         images, _ = list_images(data / "train" / "images")
         build_target_cache(tm, tinfo, teacher, images, None, args.device)
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-            futures = [pool.submit(_pair, o, str(test), 1) for _, _, o in jobs]
-            outcomes = [f.result() for f in futures]
-    else:
-        outcomes = [_pair(o, str(test), torch.get_num_threads()) for _, _, o in jobs]
+    outcomes = common.run_jobs(_pair, [(o, str(test)) for _, _, o in jobs], args.jobs)
     for sargs in args.students:
         label = ", ".join(f"{k} {v}" for k, v in sargs.items())
         results: dict[str, list[dict[str, float]]] = {"distilled": [], "labels only": []}
