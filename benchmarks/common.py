@@ -54,7 +54,12 @@ def run_jobs(fn: Callable[..., Any], arglists: list[tuple[Any, ...]], jobs: int 
         return [fn(*a) for a in arglists]
     ctx = __import__("multiprocessing").get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        return [f.result() for f in [pool.submit(_one_thread, fn, *a) for a in arglists]]
+        futures = [pool.submit(_one_thread, fn, *a) for a in arglists]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # one failure ends the benchmark, not hours later
+            raise
 
 
 def rss_mb() -> float:

@@ -113,16 +113,18 @@ def main() -> None:
     jobs = []
     for sargs in args.students:
         for seed in args.seeds:
-            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items() if k != "act") + f"_s{seed}"
+            name = "student_" + "_".join(f"{k[0]}{v}" for k, v in sargs.items()) + f"_s{seed}"
             overrides = [*common_set, f"name={name}", f"seed={seed}", f"train.epochs={args.student_epochs}",
                          f"distill.teacher={teacher}", f"distill.images={data / 'train' / 'images'}",
                          f"distill.student.args={_yaml(sargs)}", f"distill.alpha={args.alpha}",
                          "distill.baseline=true", *args.extra]
             jobs.append((sargs, seed, overrides))
-    if args.jobs > 1:
+    student_cfg = load_config(None, jobs[0][2])
+    if args.jobs > 1 and student_cfg.distill.targets == "cached":
         # Fill the target cache once, here, so parallel jobs never race to run the teacher.
         images, _ = list_images(data / "train" / "images")
-        build_target_cache(tm, tinfo, teacher, images, None, args.device)
+        cache = Path(student_cfg.distill.cache_dir) if student_cfg.distill.cache_dir else None
+        build_target_cache(tm, tinfo, teacher, images, cache, args.device)
     outcomes = common.run_jobs(_pair, [(o, str(test)) for _, _, o in jobs], args.jobs)
     for sargs in args.students:
         label = ", ".join(f"{k} {v}" for k, v in sargs.items())

@@ -53,8 +53,8 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     minimum is the best IoU of the thresholded mask, so it optimises the metric we report rather than
     per-pixel error (which matters for thin structures, where a one-pixel shift costs much IoU).
 
-    Targets are binarised at 0.5. An image with no foreground gets a plain hinge on its pixels
-    (its IoU is decided by false positives alone).
+    Targets are binarised at 0.5. On an image with no foreground, any false positive makes the IoU 0,
+    so the loss is the hinge error of its worst pixel.
     """
     losses = []
     for x, t in zip(logits.flatten(1), (target > 0.5).flatten(1).to(logits.dtype)):
