@@ -41,7 +41,7 @@ _FLAG_KEYS = {
     "input_size": "train.input_size", "invert": "data.invert", "teacher": "distill.teacher",
     "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
     "baseline": "distill.baseline", "kd_loss": "distill.loss", "temperature": "distill.temperature",
-    "alpha": "distill.alpha", "student_lr": "distill.lr",
+    "alpha": "distill.alpha", "student_lr": "distill.lr", "unlabelled": "semi.images",
 }
 # Flags whose argparse dest differs from the flag's name.
 _FLAG_NAMES = {"kd_loss": "loss", "student_lr": "lr"}
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name (see 'segdistill models')")
     p.add_argument("--input-size", type=int, help="training crop size")
     p.add_argument("--invert", action="store_true", default=None, help="foreground = mask zeros")
+    p.add_argument("--unlabelled", metavar="DIR", help="folder of unlabelled images to self-train on (semi.images)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="reuse runs/NAME instead of runs/NAME-2")
     p.add_argument("--skip-check", action="store_true", help="skip the data check before training")

@@ -147,6 +147,21 @@ class DistillConfig:
 
 
 @dataclass
+class SemiConfig:
+    images: list[str] | str | None = None
+    """Folder(s) of unlabelled images for self-training with pseudo-labels; null = off."""
+    start_epoch: int = 10
+    """First epoch that trains on pseudo-labels (made by the model, its EMA when on, as it stands
+    after the previous epoch)."""
+    refresh_every: int = 10
+    """Remake the pseudo-labels every this many epochs (0 = keep the first ones)."""
+    fraction: float = 0.3
+    """Share of each epoch's crops (train.samples_per_epoch) drawn from pseudo-labelled images."""
+    tta: bool = True
+    """Average the model's probabilities over flips when making pseudo-labels (4 passes, not 1)."""
+
+
+@dataclass
 class PredictConfig:
     output_dir: str = "predictions"
     threshold: float | None = None
@@ -176,6 +191,7 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     @property
@@ -374,6 +390,9 @@ def validate(cfg: Config) -> None:
         (cfg.predict.tile is None or cfg.predict.tile >= 16, "predict.tile must be at least 16"),
         (cfg.distill.lr is None or cfg.distill.lr > 0, "distill.lr must be positive"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must lie in [0, 1]"),
+        (0 < cfg.semi.fraction < 1, "semi.fraction must lie between 0 and 1 (exclusive)"),
+        (cfg.semi.start_epoch >= 1, "semi.start_epoch must be at least 1"),
+        (cfg.semi.refresh_every >= 0, "semi.refresh_every must not be negative (0 = never)"),
         (cfg.data.max_side is None or cfg.data.max_side >= 16, "data.max_side must be at least 16"),
     ]
     for ok, message in checks:

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import EvalResult, evaluate
+from .semi import MixedDataset, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
 log = logging.getLogger("segdistill")
 
@@ -152,10 +153,12 @@ def train_one_epoch(
 class RunData:
     split: Split
     pre: Preprocess
-    train_set: SegDataset
+    train_set: SegDataset | MixedDataset
     val_set: SegDataset | None
     train_loader: DataLoader
     val_loader: DataLoader | None
+    unlabelled: list[Path] = field(default_factory=list)
+    """Images for self-training (semi.images); their pseudo-labels live in RUN/pseudo/."""
 
 
 def build_preprocess(cfg: Config, train_images: list[Path]) -> Preprocess:
@@ -187,26 +190,32 @@ def make_loaders(
     return train_loader, val_loader
 
 
-def build_run_data(cfg: Config, device: torch.device) -> RunData:
+def build_run_data(cfg: Config, device: torch.device, run_dir: Path | None = None) -> RunData:
+    """Datasets and loaders; with ``semi.images`` set, the training set mixes in pseudo-labelled
+    crops (their labels under ``run_dir/pseudo/``) once they exist."""
     split = discover(cfg.data, cfg.seed)
     pre = build_preprocess(cfg, [p.image for p in split.train])
-    train_set = SegDataset(
-        [Item(p.image, p.mask) for p in split.train],
-        pre,
-        train=True,
-        input_size=cfg.train.input_size,
-        augment=cfg.augment,
-        length=cfg.train.samples_per_epoch or len(split.train),
-        seed=cfg.seed,
-        cache=cfg.data.cache,
-    )
+    length = cfg.train.samples_per_epoch or len(split.train)
+
+    def crops(items: list[Item], seed: int) -> SegDataset:
+        return SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
+                          length=length, seed=seed, cache=cfg.data.cache)
+
+    train_set: SegDataset | MixedDataset = crops([Item(p.image, p.mask) for p in split.train], cfg.seed)
+    labelled = {p.image.resolve() for p in split.train + split.val}
+    unlabelled = unlabelled_images(cfg, labelled) if cfg.semi.images else []
+    if unlabelled:
+        folder = (run_dir if run_dir is not None else cfg.run_dir) / "pseudo"
+        pseudo = crops([Item(p, soft=t) for p, t in zip(unlabelled, pseudo_paths(folder, len(unlabelled)))],
+                       cfg.seed + 1)  # other augmentations than the labelled crops at the same index
+        train_set = MixedDataset(train_set, pseudo, length, cfg.semi.fraction, cfg.seed)
     val_set = (
         SegDataset([Item(p.image, p.mask) for p in split.val], pre, train=False, cache=cfg.data.cache, resize_masks=False)
         if split.val
         else None
     )
     train_loader, val_loader = make_loaders(cfg, train_set, val_set, device)
-    return RunData(split, pre, train_set, val_set, train_loader, val_loader)
+    return RunData(split, pre, train_set, val_set, train_loader, val_loader, unlabelled)
 
 
 def foreground_fraction(masks: list[Path], invert: bool, limit: int = 200) -> float:
@@ -279,6 +288,8 @@ def new_run_dir(cfg: Config, overwrite: bool) -> Path:
         for folder in (base, base / "baseline"):
             for name in RUN_FILES:
                 (folder / name).unlink(missing_ok=True)
+            for label in (folder / "pseudo").glob("*.png"):  # the old run's pseudo-labels
+                label.unlink()
             if folder.is_dir():
                 remove_temporaries(folder)
     if overwrite or not base.exists() or not any(base.iterdir()):
@@ -372,7 +383,7 @@ def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) 
 
 
 def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, main: bool, distributed: bool) -> FitResult:
-    data = build_run_data(cfg, device)
+    data = build_run_data(cfg, device, run_dir)
     pre = data.pre
     if state is not None:
         pre = Preprocess.from_dict(state["preprocess"])  # the stats the model was trained with
@@ -416,9 +427,11 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     if main:
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
-            "run %s: %s (%.2fM params), %d train / %d val images (%s layout), %s, %s%s",
+            "run %s: %s (%.2fM params), %d train / %d val images (%s layout)%s, %s, %s%s",
             run_dir, cfg.model.name, n_params / 1e6, len(data.split.train), len(data.split.val),
-            data.split.layout, device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+            data.split.layout,
+            f", {len(data.unlabelled)} unlabelled (pseudo-labels from epoch {cfg.semi.start_epoch})" if data.unlabelled else "",
+            device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
             ", channels_last" if channels_last else "",
         )
 
@@ -429,6 +442,9 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     t_run = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         t0 = time.perf_counter()
+        if isinstance(data.train_set, MixedDataset) and epoch >= cfg.semi.start_epoch:
+            _update_pseudo_labels(cfg, data, data.train_set, ema.module if ema is not None else model, run_dir,
+                                  epoch, device, amp_dtype, main)
         data.train_set.set_epoch(epoch)
         desc = f"epoch {epoch}/{cfg.train.epochs}"
         try:
@@ -511,11 +527,30 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     return FitResult(run_dir, history, best_row)
 
 
+def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, model: nn.Module, run_dir: Path,
+                          epoch: int, device: torch.device, amp_dtype: torch.dtype | None, main: bool) -> None:
+    """(Re)make the pseudo-labels when due (or when a resumed run finds them missing), then let the
+    training set draw on them. The main process writes them; the others wait for it."""
+    folder = run_dir / "pseudo"
+    missing = not all(p.is_file() for p in pseudo_paths(folder, len(data.unlabelled)))
+    if refresh_due(epoch, cfg.semi) or missing:
+        if main:
+            t0 = time.perf_counter()
+            make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
+                               channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
+            log.info("pseudo-labels for %d unlabelled images made by the epoch-%d model in %.1fs (%s)",
+                     len(data.unlabelled), epoch - 1, time.perf_counter() - t0, folder)
+        all_ranks(True, device)  # a barrier: no rank reads half-written labels
+        train_set.reload_pseudo()
+    train_set.active = True
+
+
 def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epoch: int, result: EvalResult | None) -> dict[str, Any]:
     s: dict[str, Any] = {
         "run": cfg.name,
         "data": cfg.data.root,
         "train_images": len(data.split.train),
+        "unlabelled_images": len(data.unlabelled),
         "val_images": len(data.split.val),
         "epochs_trained": len(history),
         "best_epoch": best_epoch,
