@@ -62,6 +62,7 @@ def test_mixed_dataset_draws_the_asked_share_from_pseudo_labels(tmp_path):
 
     mixed.set_epoch(1)
     assert len(mixed) == 10 and pseudo_count() == 0  # off until switched on
+    assert [int(mixed[i]["index"]) for i in range(10)] == [int(lab[i]["index"]) for i in range(10)]
     mixed.active = True
     mixed.set_epoch(1)
     assert len(mixed) == 10 and pseudo_count() == 3
@@ -71,6 +72,10 @@ def test_mixed_dataset_draws_the_asked_share_from_pseudo_labels(tmp_path):
     order1 = [int(mixed[i]["index"]) for i in range(10)]
     mixed.set_epoch(2)
     assert order1 == [int(mixed[i]["index"]) for i in range(10)]  # seeded per epoch
+    tiny = MixedDataset(lab, pse, total=2, fraction=0.9, seed=0)  # rounding never leaves a kind out
+    tiny.active = True
+    tiny.set_epoch(1)
+    assert tiny.n_labelled == 1 and len(tiny) == 2 and tiny[0]["mask"].shape == tiny[1]["mask"].shape
 
 
 class _Shift(nn.Module):
@@ -161,12 +166,39 @@ def test_resume_with_pseudo_labels_matches_uninterrupted_run(synth_dir, unlabell
     assert torch.allclose(a(x), b(x), atol=1e-3)
 
 
-def test_without_unlabelled_images_training_is_unchanged(synth_dir, tmp_path):
-    # semi off (the default) must leave a run bit-identical to one that never heard of it.
+def test_before_start_epoch_training_is_unchanged(synth_dir, unlabelled_dir, tmp_path):
+    # Until pseudo-labels start, a run with unlabelled images sees exactly the batches of one without.
     base = ["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), *TINY_TRAIN]
     assert main([*base, "--name", "a"]) == 0
-    assert main([*base, "--name", "b", "--set", "semi.start_epoch=1"]) == 0
+    assert main([*base, "--name", "b", "--unlabelled", str(unlabelled_dir), "--set", "semi.start_epoch=3"]) == 0
     ha = [r["train_loss"] for r in csv.DictReader(open(tmp_path / "a" / "history.csv"))]
     hb = [r["train_loss"] for r in csv.DictReader(open(tmp_path / "b" / "history.csv"))]
-    assert ha == hb
+    assert len(ha) == 2 and ha == hb
     assert not (tmp_path / "b" / "pseudo").exists()
+
+
+def test_a_broken_unlabelled_image_fails_before_training(synth_dir, tmp_path, capsys):
+    folder = tmp_path / "unlab"
+    _write(folder / "ok.png", np.zeros((16, 16), np.uint8))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    args = ["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "x", *TINY_TRAIN,
+            "--unlabelled", str(folder), "--skip-check"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "broken.png" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x" / "history.csv").exists()
+    assert main([*args[:-3], "--unlabelled", str(tmp_path / "nowhere")]) == 2
+    assert "semi.images (--unlabelled):" in capsys.readouterr().err
+
+
+def test_pseudo_labels_of_other_images_are_remade_on_resume(tmp_path):
+    from segdistill.engine.semi import labels_match
+
+    images = [_write(tmp_path / f"{n}.png", np.zeros((8, 8), np.uint8)) for n in "abc"]
+    model = nn.Conv2d(1, 1, 1)
+    make_pseudo_labels(model, Preprocess(), images, tmp_path / "pseudo", torch.device("cpu"), tta=False)
+    assert labels_match(tmp_path / "pseudo", images)
+    assert not labels_match(tmp_path / "pseudo", images[:2])  # an image removed: the labels shift
+    assert not labels_match(tmp_path / "pseudo", images[::-1])
+    (tmp_path / "pseudo" / "00001.png").unlink()
+    assert not labels_match(tmp_path / "pseudo", images)

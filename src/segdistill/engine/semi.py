@@ -28,8 +28,9 @@ from ..data.dataset import SegDataset
 from ..data.discovery import list_images
 from ..data.preprocess import Preprocess
 from ..distributed import is_main_process
-from ..errors import ConfigError
-from ..fileio import atomic_path
+from ..data.imageio import open_image
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_path, write_text
 from ..runtime import autocast
 
 log = logging.getLogger("segdistill")
@@ -44,13 +45,18 @@ def unlabelled_images(cfg: Config, exclude: set[Path]) -> list[Path]:
     folders = [folders] if isinstance(folders, str) else folders
     seen: dict[Path, Path] = {}
     for folder in folders:
-        images, _ = list_images(folder, cfg.data.recursive)
+        try:
+            images, _ = list_images(folder, cfg.data.recursive)
+        except DataError as e:
+            raise DataError(f"semi.images (--unlabelled): {e}") from None
         for p in images:
             if p.resolve() not in exclude:
                 seen.setdefault(p.resolve(), p)
     if not seen:
         raise ConfigError(f"semi.images: no unlabelled images left in {', '.join(folders)} "
                           "(each is already a labelled image, or the folders hold none)")
+    for p in seen.values():
+        open_image(p)  # a broken file fails now, not at semi.start_epoch hours into the run
     return list(seen.values())
 
 
@@ -65,6 +71,20 @@ def refresh_due(epoch: int, semi: SemiConfig) -> bool:
 
 def pseudo_paths(folder: Path, n: int) -> list[Path]:
     return [folder / f"{i:05d}.png" for i in range(n)]
+
+
+INDEX = "images.txt"
+"""In RUN/pseudo/: which image each label belongs to, line i for ``{i:05d}.png``."""
+
+
+def labels_match(folder: Path, images: list[Path]) -> bool:
+    """Whether ``folder`` holds a complete set of labels for exactly these images, in this order."""
+    index = folder / INDEX
+    try:
+        listed = index.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    return listed == [str(p.resolve()) for p in images] and all(p.is_file() for p in pseudo_paths(folder, len(images)))
 
 
 @torch.inference_mode()
@@ -93,8 +113,10 @@ def make_pseudo_labels(
     channels_last: bool = False,
 ) -> list[Path]:
     """Write the model's probabilities for each image as an 8-bit PNG (``folder/00000.png``, ...,
-    atomically) and return their paths. The model is left in eval mode (training sets it back)."""
+    atomically), then ``folder/images.txt`` naming the image of each, and return the label paths.
+    The model's train/eval mode is restored."""
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX).unlink(missing_ok=True)  # labels being remade are not a complete set
     out = pseudo_paths(folder, len(images))
     was_training = model.training
     if channels_last and not _is_channels_last(model):
@@ -102,14 +124,17 @@ def make_pseudo_labels(
         # model trained in the default format predicts through a channels_last copy.
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     model.eval()
-    for img, target in tqdm(list(zip(images, out)), desc="pseudo-labels", leave=False, disable=None if is_main_process() else True):
-        x = pre.normalise(pre.load(img))[None].to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        prob = flip_probabilities(model, x, tta, amp_dtype)[0, 0].cpu().numpy()
-        with atomic_path(target) as tmp:
-            Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
-    model.train(was_training)
+    try:
+        for img, target in tqdm(list(zip(images, out)), desc="pseudo-labels", leave=False, disable=None if is_main_process() else True):
+            x = pre.normalise(pre.load(img))[None].to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            prob = flip_probabilities(model, x, tta, amp_dtype)[0, 0].cpu().numpy()
+            with atomic_path(target) as tmp:
+                Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+    finally:
+        model.train(was_training)
+    write_text(folder / INDEX, "".join(f"{p.resolve()}\n" for p in images))
     return out
 
 
@@ -147,13 +172,15 @@ class MixedDataset(Dataset):
         self.pseudo.pre = value
 
     def set_epoch(self, epoch: int) -> None:
-        n_pseudo = round(self.total * self.fraction) if self.active else 0
+        # At least one crop of each kind once on (total >= 2 is checked when the run is built).
+        n_pseudo = min(max(round(self.total * self.fraction), 1), self.total - 1) if self.active else 0
         self.n_labelled = self.total - n_pseudo
         self.labelled.length = self.n_labelled
         self.pseudo.length = max(n_pseudo, 1)
         self.labelled.set_epoch(epoch)
         self.pseudo.set_epoch(epoch)
-        self._order = np.random.default_rng([self.seed, epoch, 1]).permutation(self.total)
+        # Until pseudo-labels start, exactly the batches of a run without unlabelled images.
+        self._order = np.random.default_rng([self.seed, epoch, 1]).permutation(self.total) if n_pseudo else np.arange(self.total)
 
     def reload_pseudo(self) -> None:
         """Forget decoded pseudo-labels (they were just remade)."""

@@ -32,7 +32,7 @@ from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
 from ..distributed import all_ranks, broadcast_floats, cleanup, init_distributed, is_main_process, world_size
-from ..errors import SegdistillError, TrainingError
+from ..errors import ConfigError, SegdistillError, TrainingError
 from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
 from ..metrics import predicts_nothing
@@ -40,7 +40,7 @@ from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
 from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
 from .evaluate import EvalResult, evaluate
-from .semi import MixedDataset, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
+from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
 log = logging.getLogger("segdistill")
 
@@ -205,6 +205,8 @@ def build_run_data(cfg: Config, device: torch.device, run_dir: Path | None = Non
     labelled = {p.image.resolve() for p in split.train + split.val}
     unlabelled = unlabelled_images(cfg, labelled) if cfg.semi.images else []
     if unlabelled:
+        if length < 2:
+            raise ConfigError("semi.images needs train.samples_per_epoch of at least 2 (labelled and pseudo-labelled crops)")
         folder = (run_dir if run_dir is not None else cfg.run_dir) / "pseudo"
         pseudo = crops([Item(p, soft=t) for p, t in zip(unlabelled, pseudo_paths(folder, len(unlabelled)))],
                        cfg.seed + 1)  # other augmentations than the labelled crops at the same index
@@ -387,7 +389,7 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     pre = data.pre
     if state is not None:
         pre = Preprocess.from_dict(state["preprocess"])  # the stats the model was trained with
-        data.train_set.pre = pre
+        data.pre = data.train_set.pre = pre
         if data.val_set is not None:
             data.val_set.pre = pre
     model = create_model(cfg.model.name, in_channels=pre.in_channels, **cfg.model.args).to(device)
@@ -529,18 +531,27 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
 
 def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, model: nn.Module, run_dir: Path,
                           epoch: int, device: torch.device, amp_dtype: torch.dtype | None, main: bool) -> None:
-    """(Re)make the pseudo-labels when due (or when a resumed run finds them missing), then let the
-    training set draw on them. The main process writes them; the others wait for it."""
+    """(Re)make the pseudo-labels when due, or when a resumed run does not find a complete set for
+    these images (then they come from the resumed model, and the run is no longer bit-identical to an
+    uninterrupted one); then let the training set draw on them. The main process writes them; the
+    other ranks wait for it, and stop with it if it fails."""
     folder = run_dir / "pseudo"
-    missing = not all(p.is_file() for p in pseudo_paths(folder, len(data.unlabelled)))
-    if refresh_due(epoch, cfg.semi) or missing:
+    complete = labels_match(folder, data.unlabelled)
+    if refresh_due(epoch, cfg.semi) or not all_ranks(complete, device):
+        if main and not complete and not refresh_due(epoch, cfg.semi):
+            log.warning("%s: no complete set of pseudo-labels for these images; remaking them", folder)
         if main:
             t0 = time.perf_counter()
-            make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
-                               channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
+            try:
+                make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
+                                   channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
+            except BaseException:
+                all_ranks(False, device)  # release the waiting ranks (nothing to do in one process)
+                raise
             log.info("pseudo-labels for %d unlabelled images made by the epoch-%d model in %.1fs (%s)",
                      len(data.unlabelled), epoch - 1, time.perf_counter() - t0, folder)
-        all_ranks(True, device)  # a barrier: no rank reads half-written labels
+        if not all_ranks(True, device):  # also a barrier: no rank reads half-written labels
+            raise TrainingError("making the pseudo-labels failed on the main process")
         train_set.reload_pseudo()
     train_set.active = True
 
