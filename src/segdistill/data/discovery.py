@@ -84,6 +84,17 @@ def list_images(path: str | Path, recursive: bool = False) -> tuple[list[Path], 
     return images, others
 
 
+def collect_images(folders: list[str] | str, recursive: bool = False, exclude: frozenset[Path] = frozenset()) -> list[Path]:
+    """The images of one or more folders (files, globs), without duplicates (by resolved path) and
+    without the resolved paths in ``exclude``, in the order found."""
+    seen: dict[Path, Path] = {}
+    for folder in [folders] if isinstance(folders, str) else folders:
+        for p in list_images(folder, recursive)[0]:
+            if p.resolve() not in exclude:
+                seen.setdefault(p.resolve(), p)
+    return list(seen.values())
+
+
 def _exts() -> list[str]:
     from .imageio import IMAGE_EXTENSIONS
 

@@ -26,7 +26,7 @@ from ..benchmark import count_gflops, count_params, cpu_latency_ms
 from ..checkpoint import ModelInfo, file_sha256, load_model, save_model, save_state
 from ..config import Config, dump_config
 from ..data.dataset import Item, SegDataset
-from ..data.discovery import discover, list_images
+from ..data.discovery import collect_images, discover
 from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError, TrainingError
 from ..fileio import write_json, write_text
@@ -169,13 +169,7 @@ def _transfer_images(cfg: Config) -> list[Path]:
     folders = cfg.distill.images
     if not folders:
         raise ConfigError("distill.images is not set: give a folder of images (--images DIR)")
-    folders = [folders] if isinstance(folders, str) else folders
-    seen: dict[Path, Path] = {}
-    for folder in folders:
-        images, _ = list_images(folder, cfg.data.recursive)
-        for p in images:
-            seen.setdefault(p.resolve(), p)
-    return list(seen.values())
+    return collect_images(folders, cfg.data.recursive)
 
 
 def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> DistillResult:

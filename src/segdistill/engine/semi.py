@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..config import Config, SemiConfig
 from ..data.dataset import SegDataset
-from ..data.discovery import list_images
+from ..data.discovery import collect_images
 from ..data.preprocess import Preprocess
 from ..distributed import is_main_process
 from ..data.imageio import open_image
@@ -42,22 +42,17 @@ def unlabelled_images(cfg: Config, exclude: set[Path]) -> list[Path]:
     folders = cfg.semi.images
     if not folders:
         return []
-    folders = [folders] if isinstance(folders, str) else folders
-    seen: dict[Path, Path] = {}
-    for folder in folders:
-        try:
-            images, _ = list_images(folder, cfg.data.recursive)
-        except DataError as e:
-            raise DataError(f"semi.images (--unlabelled): {e}") from None
-        for p in images:
-            if p.resolve() not in exclude:
-                seen.setdefault(p.resolve(), p)
-    if not seen:
-        raise ConfigError(f"semi.images: no unlabelled images left in {', '.join(folders)} "
+    try:
+        found = collect_images(folders, cfg.data.recursive, frozenset(exclude))
+    except DataError as e:
+        raise DataError(f"semi.images (--unlabelled): {e}") from None
+    if not found:
+        names = [folders] if isinstance(folders, str) else folders
+        raise ConfigError(f"semi.images: no unlabelled images left in {', '.join(names)} "
                           "(each is already a labelled image, or the folders hold none)")
-    for p in seen.values():
+    for p in found:
         open_image(p)  # a broken file fails now, not at semi.start_epoch hours into the run
-    return list(seen.values())
+    return found
 
 
 def refresh_due(epoch: int, semi: SemiConfig) -> bool:
