@@ -43,6 +43,10 @@ class ModelInfo:
     threshold: float = 0.5
     summary: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    tta: int = 1
+    """Test-time augmentation views predict and evaluate use (inference/tta.py)."""
+    label_offset: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """(dy, dx) pixels the training labels sat from the structures; TTA re-aligns its views by it."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -53,6 +57,8 @@ class ModelInfo:
                 "preprocess": self.preprocess.to_dict(),
                 "threshold": self.threshold,
                 "summary": self.summary,
+                "tta": self.tta,
+                "label_offset": self.label_offset,
             }
         )
 
@@ -147,6 +153,8 @@ def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
             threshold=float(d.get("threshold", 0.5)),
             summary=dict(d.get("summary", {})),
             format_version=version,
+            tta=int(d.get("tta", 1)),
+            label_offset=[float(v) for v in d.get("label_offset", [0.0, 0.0])],
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path}: incomplete segdistill metadata (missing {e})") from None

@@ -97,7 +97,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate_model
 
     evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
-                   invert=args.invert, max_side=args.max_side)
+                   invert=args.invert, max_side=args.max_side, tta=args.tta)
     return 0
 
 
@@ -123,7 +123,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
     predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
-                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap)
+                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
     out = Path(args.out or p.output_dir) / _prediction_folder_name(args.name, args.input)
     summary = predict_to_folder(
         predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                    help="override the model's invert setting (--no-invert turns it off)")
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
+    p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
+                   help="test-time augmentation views (default: the model's own, train.tta)")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
@@ -256,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--recursive", "-r", action="store_true")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
+    p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
+                   help="test-time augmentation views (default: the model's own, train.tta; 1 = off)")
     p.add_argument("--device")
     p.set_defaults(fn=cmd_predict)
 

@@ -41,6 +41,10 @@ class DataConfig:
     """Explicit validation file stems (the rest trains); overrides val_fraction."""
     invert: bool = False
     """Swap foreground and background (membrane data marks the structure of interest as 0)."""
+    label_offset: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """Where the labels sit relative to the structures they mark, (dy, dx) pixels, negative = above /
+    left (``benchmarks/label_offset.py`` measures it). Stored with the model so that test-time
+    augmentation turns its views back into agreement."""
     channels: Literal["auto", "gray", "rgb"] = "auto"
     """Input channels: auto picks gray if every training image is gray, else rgb."""
     max_side: int | None = None
@@ -104,6 +108,10 @@ class TrainConfig:
     num_workers: int | Literal["auto"] = "auto"
     val_every: int = 1
     threshold: float = 0.5
+    tta: int = 1
+    """Test-time augmentation views for the finished model (1, 2, 4 or 8 flips/turns): stored with
+    it, so evaluate and predict use them; the best checkpoint is also evaluated with them at the end
+    of training. Per-epoch validation stays a single pass (it picks the checkpoint, cheaply)."""
     compile: bool = False
     ema: float | None = None
     """Keep an exponential moving average of the weights with this decay (e.g. 0.99) and validate
@@ -394,6 +402,8 @@ def validate(cfg: Config) -> None:
         (cfg.semi.start_epoch >= 1, "semi.start_epoch must be at least 1"),
         (cfg.semi.refresh_every >= 0, "semi.refresh_every must not be negative (0 = never)"),
         (cfg.data.max_side is None or cfg.data.max_side >= 16, "data.max_side must be at least 16"),
+        (t.tta in (1, 2, 4, 8), "train.tta must be 1, 2, 4 or 8 (views: none, + mirror, + turned, all flips and turns)"),
+        (len(cfg.data.label_offset) == 2, "data.label_offset must be [dy, dx] in pixels"),
     ]
     for ok, message in checks:
         if not ok:

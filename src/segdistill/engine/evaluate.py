@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..inference.tta import tta_logits
 from ..losses import LossFn
 from ..metrics import Counts, confusion, scores, summarise
 from ..runtime import autocast
@@ -24,12 +26,17 @@ class EvalResult:
     loss: float | None = None
 
 
-def logits_at(model: nn.Module, image: torch.Tensor, size: tuple[int, int], amp_dtype: torch.dtype | None, channels_last: bool) -> torch.Tensor:
-    """Model logits resized (bilinear) to ``size``; (B, 1, h, w) -> (B, 1, *size), in fp32."""
-    x = image.contiguous(memory_format=torch.channels_last) if channels_last else image
-    with autocast(image.device, amp_dtype):
-        out = model(x)
-    out = out.float()
+def logits_at(model: nn.Module, image: torch.Tensor, size: tuple[int, int], amp_dtype: torch.dtype | None, channels_last: bool,
+              tta: int = 1, label_offset: Sequence[float] = (0.0, 0.0)) -> torch.Tensor:
+    """Model logits resized (bilinear) to ``size``; (B, 1, h, w) -> (B, 1, *size), in fp32; with
+    ``tta`` > 1 averaged over that many flips/turns (inference/tta.py)."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        with autocast(image.device, amp_dtype):
+            return model(x)
+
+    out = tta_logits(forward, image, tta, label_offset)
     if out.shape[-2:] != size:
         out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
     return out
@@ -46,6 +53,8 @@ def evaluate(
     channels_last: bool = False,
     names: list[str] | None = None,
     target_key: str = "mask",
+    tta: int = 1,
+    label_offset: Sequence[float] = (0.0, 0.0),
 ) -> EvalResult:
     """IoU, Dice, precision, recall and accuracy of ``model`` on ``loader``'s whole images.
 
@@ -59,7 +68,7 @@ def evaluate(
     for batch in loader:
         image = batch["image"].to(device)
         target = batch[target_key].to(device)  # (B, 1, H, W)
-        logits = logits_at(model, image, tuple(target.shape[-2:]), amp_dtype, channels_last)
+        logits = logits_at(model, image, tuple(target.shape[-2:]), amp_dtype, channels_last, tta, label_offset)
         if loss_fn is not None:
             loss_sum += float(loss_fn(logits, target)) * image.shape[0]
             loss_n += image.shape[0]
@@ -99,8 +108,10 @@ def evaluate_model(
     device: str = "auto",
     invert: bool | None = None,
     max_side: int | None = None,
+    tta: int | None = None,
 ) -> EvalResult:
-    """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary."""
+    """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary. ``tta`` views
+    default to the model's own (stored at training)."""
     from ..checkpoint import load_model
     from ..data.dataset import Item, SegDataset
     from ..fileio import write_json
@@ -118,14 +129,16 @@ def evaluate_model(
     ds = SegDataset([Item(p.image, p.mask) for p in pairs], pre, train=False, cache=False, resize_masks=False)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=0)
     thr = info.threshold if threshold is None else threshold
+    views = info.tta if tta is None else tta
     result = evaluate(model, loader, dev, thr, channels_last=use_channels_last("auto", dev, training=False),
-                      names=[str(p.stem) for p in pairs])
+                      names=[str(p.stem) for p in pairs], tta=views, label_offset=info.label_offset)
     out = Path(out) if out else Path(model_path).parent / f"eval_{Path(data_dir).name or 'data'}.csv"
     write_csv(out, result.per_image)
     write_json(out.with_suffix(".json"), {"model": str(model_path), "data": str(data_dir), "images": len(pairs),
-                                          "threshold": thr, **result.metrics})
+                                          "threshold": thr, "tta": views, **result.metrics})
     rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
             for k in ("iou", "dice", "precision", "recall", "accuracy")]
-    print(format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, threshold {thr})"))
+    views_note = f", TTA x{views}" if views > 1 else ""
+    print(format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, threshold {thr}{views_note})"))
     print(f"per-image results: {out}")
     return result

@@ -26,9 +26,9 @@ from tqdm import tqdm
 from ..config import Config, SemiConfig
 from ..data.dataset import SegDataset
 from ..data.discovery import collect_images
+from ..data.imageio import open_image
 from ..data.preprocess import Preprocess
 from ..distributed import is_main_process
-from ..data.imageio import open_image
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, write_text
 from ..runtime import autocast

@@ -8,6 +8,7 @@ previous complete version in place.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from .. import __version__
-from ..checkpoint import ModelInfo, load_state, save_model, save_state, unwrap
+from ..checkpoint import ModelInfo, load_model, load_state, save_model, save_state, unwrap
 from ..config import Config, dump_config, load_config
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
@@ -439,7 +440,8 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
 
     def info(summary: dict[str, Any]) -> ModelInfo:
         args = resolved_args(cfg.model.name, in_channels=pre.in_channels, **cfg.model.args)
-        return ModelInfo(cfg.model.name, args, pre, cfg.train.threshold, summary)
+        return ModelInfo(cfg.model.name, args, pre, cfg.train.threshold, summary, tta=cfg.train.tta,
+                         label_offset=[float(v) for v in cfg.data.label_offset])
 
     t_run = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs + 1):
@@ -517,16 +519,29 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
             break
     best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
     if main:
-        log.info(
-            "\n%s\n", format_table(
-                [{"run": str(run_dir), "epochs": len(history), "best epoch": best_epoch or len(history),
-                  "val IoU": best_row.get("val_iou"), "val Dice": best_row.get("val_dice"),
-                  "minutes": round((time.perf_counter() - t_run) / 60, 2)}],
-                title="Training summary",
-            )
-        )
+        row: dict[str, Any] = {"run": str(run_dir), "epochs": len(history), "best epoch": best_epoch or len(history),
+                               "val IoU": best_row.get("val_iou"), "val Dice": best_row.get("val_dice")}
+        if cfg.train.tta > 1 and data.val_loader is not None and (run_dir / "model.safetensors").exists():
+            row.update(_evaluate_with_tta(cfg, data, run_dir, device, amp_dtype, channels_last))
+        row["minutes"] = round((time.perf_counter() - t_run) / 60, 2)
+        log.info("\n%s\n", format_table([row], title="Training summary"))
         log.info("model: %s", run_dir / "model.safetensors")
     return FitResult(run_dir, history, best_row)
+
+
+def _evaluate_with_tta(cfg: Config, data: RunData, run_dir: Path, device: torch.device,
+                       amp_dtype: torch.dtype | None, channels_last: bool) -> dict[str, Any]:
+    """The best checkpoint on the validation images with ``train.tta`` views, as predict and evaluate
+    will use it; added to metrics.json under ``tta``. (Epochs are validated with one pass: the views
+    would multiply that cost, and the ranking of checkpoints hardly changes.)"""
+    best, info = load_model(run_dir / "model.safetensors", device)
+    result = evaluate(best, data.val_loader, device, info.threshold, amp_dtype=amp_dtype, channels_last=channels_last,
+                      tta=info.tta, label_offset=info.label_offset)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics["tta"] = {"views": info.tta, "label_offset": info.label_offset, **result.metrics}
+    write_json(metrics_path, metrics)
+    return {f"val IoU (TTA x{info.tta})": result.metrics.get("iou"), f"val Dice (TTA x{info.tta})": result.metrics.get("dice")}
 
 
 def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, model: nn.Module, run_dir: Path,

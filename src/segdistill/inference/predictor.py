@@ -24,6 +24,7 @@ from ..fileio import atomic_path
 from ..runtime import select_device, use_channels_last
 from .sources import collect_inputs, inside, output_names
 from .tiling import predict_tiled
+from .tta import tta_logits
 
 log = logging.getLogger("segdistill")
 
@@ -47,10 +48,13 @@ class Predictor:
         tile: int | None = None,
         tile_overlap: float = 0.25,
         channels_last: str = "auto",
+        tta: int | None = None,
     ) -> None:
         self.device = select_device(device)
         self.model, self.info = load_model(model_path, self.device)
         self.threshold = self.info.threshold if threshold is None else threshold
+        # Test-time augmentation views: the model's own (train.tta) unless asked otherwise.
+        self.tta = self.info.tta if tta is None else tta
         self.tile = tile
         self.tile_overlap = tile_overlap
         self.channels_last = use_channels_last(channels_last, self.device, training=False)
@@ -60,7 +64,9 @@ class Predictor:
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) normalised -> (B, 1, h, w) logits in fp32."""
-        x = x.to(self.device)
+        return tta_logits(self._forward, x.to(self.device), self.tta, self.info.label_offset)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.tile and max(x.shape[-2:]) > self.tile:
