@@ -16,6 +16,7 @@ from segdistill.data.dataset import Item, SegDataset
 from segdistill.data.preprocess import Preprocess
 from segdistill.engine.semi import MixedDataset, flip_probabilities, make_pseudo_labels, refresh_due
 from segdistill.errors import ConfigError
+from segdistill.inference.tta import tta_probabilities
 
 from .conftest import TINY_TRAIN
 from .helpers import history_rows, kill_when, spawn
@@ -91,9 +92,16 @@ def test_flip_probabilities_average_over_flips():
     model = _Shift()
     plain = flip_probabilities(model, x, tta=False)
     assert torch.allclose(plain, torch.sigmoid(model(x)))
-    expected = (torch.sigmoid(x + model(torch.zeros_like(x)))
-                + torch.sigmoid(x - model(torch.zeros_like(x)))) / 2  # the ramp flips sign under hflip
-    assert torch.allclose(flip_probabilities(model, x, tta=True), expected, atol=1e-6)
+    # The ramp model is not flip-symmetric: the views differ and their average is the TTA one.
+    averaged = flip_probabilities(model, x, tta=True)
+    assert torch.allclose(averaged, tta_probabilities(model, x, 4), atol=1e-6)
+    assert not torch.allclose(averaged, plain, atol=1e-3)
+    # A model that moves its answer 1 px left, as one trained on labels drawn 1 px left would:
+    # re-aligned for that offset the four views agree with the plain pass.
+    shifted = lambda t: torch.roll(t[:, :1], -1, -1)  # noqa: E731
+    inner = (..., slice(2, -2), slice(2, -2))
+    assert torch.allclose(flip_probabilities(shifted, x, True, label_offset=(0.0, -1.0))[inner],
+                          torch.sigmoid(shifted(x))[inner], atol=1e-5)
 
 
 def test_pseudo_labels_are_the_models_probabilities_at_image_size(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..data.preprocess import Preprocess
 from ..distributed import is_main_process
 from ..errors import ConfigError, DataError
 from ..fileio import atomic_path, write_text
+from ..inference.tta import tta_probabilities
 from ..runtime import autocast
 
 log = logging.getLogger("segdistill")
@@ -83,17 +85,17 @@ def labels_match(folder: Path, images: list[Path]) -> bool:
 
 
 @torch.inference_mode()
-def flip_probabilities(model: nn.Module, x: torch.Tensor, tta: bool, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Sigmoid probabilities (B, 1, H, W) of ``x`` (B, C, H, W); with ``tta`` the mean over the
-    identity, horizontal, vertical and both flips (each flipped back)."""
-    flips: list[tuple[int, ...]] = [(), (-1,), (-2,), (-2, -1)] if tta else [()]
-    total = torch.zeros((x.shape[0], 1, *x.shape[-2:]), device=x.device)
-    for dims in flips:
-        xi = x.flip(dims) if dims else x
+def flip_probabilities(model: nn.Module, x: torch.Tensor, tta: bool, amp_dtype: torch.dtype | None = None,
+                       label_offset: Sequence[float] = (0.0, 0.0)) -> torch.Tensor:
+    """Sigmoid probabilities (B, 1, H, W) of ``x`` (B, C, H, W); with ``tta`` the mean over four
+    views (identity, mirror, both turned 90 degrees), each turned back and re-aligned for the
+    labels' ``label_offset`` (inference/tta.py)."""
+
+    def forward(v: torch.Tensor) -> torch.Tensor:
         with autocast(x.device, amp_dtype):
-            p = torch.sigmoid(model(xi).float())
-        total += p.flip(dims) if dims else p
-    return total / len(flips)
+            return model(v)
+
+    return tta_probabilities(forward, x, 4 if tta else 1, label_offset)
 
 
 def make_pseudo_labels(
@@ -106,6 +108,7 @@ def make_pseudo_labels(
     tta: bool = True,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    label_offset: Sequence[float] = (0.0, 0.0),
 ) -> list[Path]:
     """Write the model's probabilities for each image as an 8-bit PNG (``folder/00000.png``, ...,
     atomically), then ``folder/images.txt`` naming the image of each, and return the label paths.
@@ -124,7 +127,7 @@ def make_pseudo_labels(
             x = pre.normalise(pre.load(img))[None].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            prob = flip_probabilities(model, x, tta, amp_dtype)[0, 0].cpu().numpy()
+            prob = flip_probabilities(model, x, tta, amp_dtype, label_offset)[0, 0].cpu().numpy()
             with atomic_path(target) as tmp:
                 Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
     finally:

@@ -559,6 +559,7 @@ def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, m
             t0 = time.perf_counter()
             try:
                 make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
+                                   label_offset=cfg.data.label_offset,
                                    channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
             except BaseException:
                 all_ranks(False, device)  # release the waiting ranks (nothing to do in one process)
