@@ -60,7 +60,6 @@ def main() -> None:
     ap.add_argument("--split", choices=["train", "val", "all"], default="all")
     ap.add_argument("--model", nargs="*", default=[], help="trained models to compare with the labels (on the validation split)")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     cfg = load_config(args.config)
     split = discover(cfg.data, cfg.seed)
