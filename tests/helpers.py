@@ -6,14 +6,29 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+# Not a time limit on the work (outcomes never depend on speed): a guard so that a hung child
+# fails the test instead of CI. It is far beyond what any of these tiny runs take on a slow CPU.
+HANG_GUARD_S = 900
 
-def spawn(args: list[str]) -> subprocess.Popen:
+
+def spawn(args: list[str], failpoint: str | None = None) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("SEGDISTILL_FAILPOINT", None)
+    if failpoint:
+        env["SEGDISTILL_FAILPOINT"] = failpoint
     return subprocess.Popen([sys.executable, "-m", "segdistill", "-q", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def run_killed_at(args: list[str], failpoint: str) -> None:
+    """Run ``segdistill ARGS`` in a child that SIGKILLs itself at ``failpoint`` (``"train_step:7"``,
+    see segdistill/failpoints.py); fail unless that kill is how it ended."""
+    proc = spawn(args, failpoint)
+    out, _ = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == -signal.SIGKILL, (
+        f"expected a kill at {failpoint}, exit code {proc.returncode}:\n{out.decode(errors='replace')[-2000:]}")
 
 
 def history_rows(run_dir: Path) -> int:
@@ -22,21 +37,3 @@ def history_rows(run_dir: Path) -> int:
         return max(0, len(f.read_text().strip().splitlines()) - 1)
     except OSError:
         return 0
-
-
-def kill_when(proc: subprocess.Popen, condition, timeout: float = 120.0, delay: float = 0.0) -> bool:
-    """SIGKILL ``proc`` once ``condition()`` holds (then after ``delay`` s); False if it ended first."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            return False
-        if condition():
-            time.sleep(delay)
-            if proc.poll() is not None:
-                return False
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.01)
-    proc.kill()
-    raise TimeoutError("condition never held")

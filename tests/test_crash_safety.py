@@ -1,9 +1,8 @@
-"""SIGKILL at random moments: every file left is complete, and --resume always continues from the
+"""SIGKILL at random moments (named by events, not delays): every file left is complete, and --resume always continues from the
 last complete checkpoint until the run ends as an uninterrupted one would."""
 
 import csv
 import random
-import time
 
 import pytest
 import yaml
@@ -12,7 +11,7 @@ from segdistill.checkpoint import load_model, load_state
 from segdistill.cli import main
 from segdistill.fileio import is_temporary
 
-from .helpers import kill_when, spawn
+from .helpers import run_killed_at
 
 EPOCHS = 14
 
@@ -47,30 +46,46 @@ def _check_complete(run):
     return state["epoch"]
 
 
+# Fail points and how many hits of each make at most ~1.5 epochs (4 steps, 2 validation images and
+# at least 4 file writes an epoch), so 7 kills cannot reach the end of the 14 epochs on any machine.
+KILL_POINTS = {"train_step": 6, "val_step": 3, "write": 6, "write_begin": 6}
+KILLS = 7
+
+
 @pytest.mark.slow
 def test_random_sigkills_then_resume(synth_dir, tmp_path):
+    # Each child SIGKILLs itself at a randomly drawn moment named by an event (the Nth step,
+    # validation image or file write), never after a delay: the same moments on any CPU.
     rng = random.Random(1234)
     run = tmp_path / "k"
-    kills, last_epoch, snapshot = 0, 0, []
-    for _ in range(10):
+    last_epoch, snapshot, moments = 0, [], []
+    points = sorted(KILL_POINTS) * 2
+    rng.shuffle(points)  # every kind of moment at least once
+    for point in points[:KILLS]:
         fresh = not (run / "config.yaml").is_file()
-        proc = spawn(_args(synth_dir, tmp_path) if fresh else ["train", "--resume", str(run)])
-        # Start-up (importing torch) takes seconds: wait until this process has finished an epoch of
-        # its own, then kill at a random moment (mid-epoch, mid-validation or mid-write).
-        started = time.time()
-        killed = kill_when(proc, lambda t=started: _mtime(run / "state.safetensors") > t, delay=rng.uniform(0.0, 1.0))
-        if not killed:
-            break  # the run finished before the kill
-        kills += 1
+        moment = f"{point}:{rng.randint(1, KILL_POINTS[point])}"
+        moments.append(moment)
+        run_killed_at(_args(synth_dir, tmp_path) if fresh else ["train", "--resume", str(run)], moment)
         epoch = _check_complete(run)
         assert epoch >= last_epoch  # never goes back
         rows = list(csv.DictReader(open(run / "history.csv"))) if epoch else []
         assert rows[: len(snapshot)] == snapshot[: len(rows)]  # completed epochs are never rewritten
         snapshot = rows[:epoch]
         last_epoch = epoch
-    assert kills >= 5
+    assert {m.split(":")[0] for m in moments} == set(KILL_POINTS), moments
+    assert last_epoch < EPOCHS
     assert main(["-q", "train", "--resume", str(run)]) == 0
     assert _check_complete(run) == EPOCHS
     assert not [p for p in run.rglob("*") if is_temporary(p)]
     rows = list(csv.DictReader(open(run / "history.csv")))
     assert len(rows) == EPOCHS and rows[: len(snapshot)] == snapshot
+
+
+def test_failpoint_specs_are_checked():
+    from segdistill.failpoints import parse
+
+    assert parse("train_step:3, write:1") == {"train_step": 3, "write": 1}
+    assert parse("") == {}
+    for bad in ("train_step", "train_step:0", "nowhere:2", "write:x"):
+        with pytest.raises(ValueError, match="SEGDISTILL_FAILPOINT"):
+            parse(bad)

@@ -19,7 +19,7 @@ from segdistill.errors import ConfigError
 from segdistill.inference.tta import tta_probabilities
 
 from .conftest import TINY_TRAIN
-from .helpers import history_rows, kill_when, spawn
+from .helpers import history_rows, run_killed_at
 
 
 def test_refresh_schedule():
@@ -154,13 +154,13 @@ def test_train_with_unlabelled_images_end_to_end(synth_dir, unlabelled_dir, tmp_
 
 @pytest.mark.slow
 def test_resume_with_pseudo_labels_matches_uninterrupted_run(synth_dir, unlabelled_dir, tmp_path, capsys):
-    # Pseudo-labels made once, at epoch 2; a run killed in epoch 4 (its state saved after epoch 2 or 3)
+    # Pseudo-labels made once, at epoch 2; a run killed in epoch 4 (its state saved after epoch 3)
     # must train on the labels on disk, not remake them from its later model.
     extra = ["--set", "semi.start_epoch=2", "--set", "semi.refresh_every=0", "--set", "semi.fraction=0.4"]
     assert main(["-q", *_semi_args(synth_dir, unlabelled_dir, tmp_path, "full", 5, extra)]) == 0
-    proc = spawn(_semi_args(synth_dir, unlabelled_dir, tmp_path, "cut", 5, extra))
-    assert kill_when(proc, lambda: history_rows(tmp_path / "cut") >= 3), "run finished before it could be killed"
-    assert history_rows(tmp_path / "cut") < 5
+    # 24 crops in batches of 4: 6 steps an epoch, so step 21 is mid-epoch 4.
+    run_killed_at(_semi_args(synth_dir, unlabelled_dir, tmp_path, "cut", 5, extra), "train_step:21")
+    assert history_rows(tmp_path / "cut") == 3
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
     assert "pseudo-labels for" not in capsys.readouterr().err  # reused, not remade

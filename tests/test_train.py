@@ -8,7 +8,7 @@ from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 
 from .conftest import TINY_TRAIN
-from .helpers import history_rows, kill_when, spawn
+from .helpers import history_rows, run_killed_at
 
 
 def test_train_cli_writes_a_complete_run(synth_dir, tmp_path, capsys):
@@ -51,10 +51,9 @@ def _run_args(data, out, name, epochs=5):
 @pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(synth_dir, tmp_path):
     assert main(["-q", *_run_args(synth_dir, tmp_path, "full")]) == 0
-    proc = spawn(_run_args(synth_dir, tmp_path, "cut"))
-    killed = kill_when(proc, lambda: history_rows(tmp_path / "cut") >= 2)  # now in epoch 3
-    assert killed, "run finished before it could be killed"
-    assert history_rows(tmp_path / "cut") < 5
+    # 48 crops in batches of 4: 12 steps an epoch, so step 29 is mid-epoch 3.
+    run_killed_at(_run_args(synth_dir, tmp_path, "cut"), "train_step:29")
+    assert history_rows(tmp_path / "cut") == 2
     assert main(["-q", "train", "--resume", str(tmp_path / "cut")]) == 0
     full = list(csv.DictReader(open(tmp_path / "full" / "history.csv")))
     cut = list(csv.DictReader(open(tmp_path / "cut" / "history.csv")))

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .failpoints import failpoint
+
 
 def _current_umask() -> int:
     mask = os.umask(0o022)
@@ -35,7 +37,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        failpoint("write_begin")
         yield tmp_path
+        failpoint("write")
         # mkstemp (and safetensors, which writes its own temporary file) make 0600 files; give the
         # result the permissions an ordinary open() would, so other users can read models and masks.
         os.chmod(tmp_path, 0o666 & ~_UMASK)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..failpoints import failpoint
 from ..inference.tta import tta_logits
 from ..losses import LossFn
 from ..metrics import Counts, confusion, scores, summarise
@@ -84,6 +85,7 @@ def evaluate(
             row["gt_fraction"] = float((c.tp[j] + c.fn[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
             row["pred_fraction"] = float((c.tp[j] + c.fp[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
             per_image.append(row)
+        failpoint("val_step")
     if not parts:
         return EvalResult(metrics={}, per_image=[])
     return EvalResult(summarise(Counts.cat(parts)), per_image, loss_sum / loss_n if loss_n else None)

@@ -34,6 +34,7 @@ from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
 from ..distributed import all_ranks, broadcast_floats, cleanup, init_distributed, is_main_process, world_size
 from ..errors import ConfigError, SegdistillError, TrainingError
+from ..failpoints import failpoint
 from ..fileio import remove_temporaries, write_json, write_text
 from ..losses import LossFn, make_task_loss
 from ..metrics import predicts_nothing
@@ -97,6 +98,7 @@ def run_epoch(
             where = f"({loss.detach().item()})" if not finite else "on another rank"
             raise TrainingError(f"non-finite loss {where} at {desc}, step {step + 1}")
         optimizer_step(loss, optimizer, params, scaler, scheduler, grad_clip)
+        failpoint("train_step")
         if ema is not None:
             ema.update_parameters(unwrap(model))
         batch_size = batch["image"].shape[0]
