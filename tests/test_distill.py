@@ -11,19 +11,22 @@ TINY = ["--epochs", "2", "--batch-size", "4", "--input-size", "32", "--set", "tr
         "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
 
 
-def _distill(teacher, images, out, name, *extra):
-    args = ["-q", "distill", "--teacher", str(teacher), "--images", str(images), "--output-dir", str(out),
+def _distill(teacher, images, out, name, *extra, quiet=True):
+    args = ["-q"] * quiet + ["distill", "--teacher", str(teacher), "--images", str(images), "--output-dir", str(out),
             "--name", name, *TINY, *extra]
     assert main(args) == 0
     return json.loads((out / name / "distill_report.json").read_text())
 
 
-def test_unlabelled_distillation_end_to_end(tiny_model, synth_dir, tmp_path, caplog):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_unlabelled_distillation_end_to_end(tiny_model, synth_dir, tmp_path, capsys, precision):
     images = tmp_path / "plain" / "0"  # a Keras-style 0/ subfolder is tolerated
     images.mkdir(parents=True)
     for p in sorted((synth_dir / "images").glob("*.png")):
         (images / p.name).write_bytes(p.read_bytes())
-    r = _distill(tiny_model, tmp_path / "plain", tmp_path, "u", "--set", f"distill.cache_dir={tmp_path / 'c'}")
+    r = _distill(tiny_model, tmp_path / "plain", tmp_path, "u", "--set", f"distill.cache_dir={tmp_path / 'c'}",
+                 "--set", f"train.precision={precision}", quiet=False)
+    assert f"cpu, {precision}" in capsys.readouterr().err  # the precision asked for is the one used
     assert "agreement" in r["validation"]
     assert r["student"]["val IoU"] is None and 0 <= r["student"]["agreement"] <= 1
     assert r["compression"] > 1 and r["teacher_forward_passes"] == 12

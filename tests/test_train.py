@@ -11,9 +11,12 @@ from .conftest import TINY_TRAIN
 from .helpers import history_rows, run_killed_at
 
 
-def test_train_cli_writes_a_complete_run(synth_dir, tmp_path, capsys):
-    rc = main(["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "r", *TINY_TRAIN])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_train_cli_writes_a_complete_run(synth_dir, tmp_path, capsys, precision):
+    rc = main(["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "r", *TINY_TRAIN,
+               "--set", f"train.precision={precision}"])
     assert rc == 0
+    assert f"cpu, {precision}" in capsys.readouterr().err  # the precision asked for is the one used
     run = tmp_path / "r"
     for f in ("model.safetensors", "last.safetensors", "state.safetensors", "config.yaml", "history.csv", "curves.png", "metrics.json"):
         assert (run / f).is_file(), f
@@ -23,19 +26,19 @@ def test_train_cli_writes_a_complete_run(synth_dir, tmp_path, capsys):
     info = read_model_info(run / "model.safetensors")
     assert info.arch == "unet" and info.args["base"] == 4 and info.preprocess.channels == "gray"
     assert info.summary["train_images"] + info.summary["val_images"] == 12
-    assert "Training summary" in capsys.readouterr().err
     # the same name again does not overwrite: a new folder
     assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "r", *TINY_TRAIN]) == 0
     assert (tmp_path / "r-2" / "model.safetensors").is_file()
 
 
-def test_training_learns_the_synthetic_task(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_learns_the_synthetic_task(tmp_path, precision):
     from segdistill.data.synth import make_synthetic_dataset
 
     data = make_synthetic_dataset(tmp_path / "d", count=24, size=64, seed=2)
     args = ["-q", "train", "--data", str(data), "--output-dir", str(tmp_path), "--name", "l", "--epochs", "8",
             "--batch-size", "8", "--input-size", "64", "--lr", "0.005", "--set", "model.args.base=8",
-            "--set", "model.args.depth=3", "--set", "train.samples_per_epoch=48"]
+            "--set", "model.args.depth=3", "--set", "train.samples_per_epoch=48", "--set", f"train.precision={precision}"]
     assert main(args) == 0
     rows = list(csv.DictReader(open(tmp_path / "l" / "history.csv")))
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])

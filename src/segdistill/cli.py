@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import STARTED, __version__
 from .config import Config, ConfigError, default_config_yaml, load_config
 from .errors import SegdistillError
 
@@ -32,6 +32,26 @@ def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
         p.add_argument("--lr", type=float)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int)
+    p.add_argument("--time", type=float, metavar="MINUTES",
+                   help="time budget (train.time_budget): fit the epochs so the run ends within it")
+    _add_threads_arg(p)
+
+
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_threads_value, metavar="N",
+                   help="CPU threads (default auto: the free cores this process may use; docs/training.md)")
+
+
+def _threads_value(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a thread count (a whole number >= 1, or auto)")
+    return n
 
 
 # CLI flag -> config key; flags left unset do not override the file.
@@ -42,6 +62,7 @@ _FLAG_KEYS = {
     "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
     "baseline": "distill.baseline", "kd_loss": "distill.loss", "temperature": "distill.temperature",
     "alpha": "distill.alpha", "student_lr": "distill.lr", "unlabelled": "semi.images",
+    "time": "train.time_budget", "threads": "threads",
 }
 # Flags whose argparse dest differs from the flag's name.
 _FLAG_NAMES = {"kd_loss": "loss", "student_lr": "lr"}
@@ -79,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         _check_resume_alone(args)
-        fit(None, resume=args.resume)  # type: ignore[arg-type]
+        fit(None, resume=args.resume, started=STARTED)  # type: ignore[arg-type]
         return 0
     cfg = _config_from_args(args)
     if not args.skip_check:
@@ -87,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not report.ok:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
-    result = fit(cfg, overwrite=args.overwrite)
+    result = fit(cfg, overwrite=args.overwrite, started=STARTED)
     if is_main_process():
         print(f"results: {result.run_dir}")
     return 0
@@ -95,7 +116,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate_model
+    from .runtime import set_threads
 
+    set_threads(args.threads or "auto")
     evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
                    invert=args.invert, max_side=args.max_side, tta=args.tta)
     return 0
@@ -118,8 +141,10 @@ def _prediction_folder_name(name: str | None, source: str) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor, predict_to_folder
+    from .runtime import set_threads
 
     cfg = load_config(args.config, list(args.overrides))
+    set_threads(args.threads or cfg.threads)
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
     predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
@@ -142,10 +167,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     if args.resume:
         _check_resume_alone(args)
-        distill(None, resume=args.resume)  # type: ignore[arg-type]
+        distill(None, resume=args.resume, started=STARTED)  # type: ignore[arg-type]
         return 0
     cfg = _config_from_args(args)
-    result = distill(cfg, overwrite=args.overwrite)
+    result = distill(cfg, overwrite=args.overwrite, started=STARTED)
     print(f"results: {result.run_dir}")
     return 0
 
@@ -243,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta)")
+    _add_threads_arg(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
@@ -261,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta; 1 = off)")
     p.add_argument("--device")
+    _add_threads_arg(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")

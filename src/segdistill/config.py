@@ -85,6 +85,11 @@ class AugmentConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 30
+    """Epochs to train (with time_budget: measured and fitted instead)."""
+    time_budget: float | None = None
+    """Minutes for the whole run (--time): the first epochs are timed, and the number of epochs and
+    the learning-rate schedule are fitted so that the run, final evaluation included, ends within
+    it. null = run train.epochs."""
     batch_size: int = 4
     input_size: int = 256
     samples_per_epoch: int | None = None
@@ -194,6 +199,9 @@ class Config:
     """Seeds weights, the validation split, crops and augmentation."""
     device: str = "auto"
     """auto (a GPU when there is one), cpu, cuda or cuda:N."""
+    threads: int | Literal["auto"] = "auto"
+    """CPU threads for torch and data loading; auto = OMP_NUM_THREADS if set, else the cores this
+    process may use (affinity, container quota) less those other processes keep busy."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -380,6 +388,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("augment.scale must be [min, max]")
     checks = [
         (t.epochs >= 1, "train.epochs must be at least 1"),
+        (t.time_budget is None or t.time_budget > 0, "train.time_budget must be positive (minutes), or null"),
+        (cfg.threads == "auto" or cfg.threads >= 1, "threads must be at least 1, or auto"),
         (t.batch_size >= 1, "train.batch_size must be at least 1"),
         (t.input_size >= 16, "train.input_size must be at least 16"),
         (t.lr > 0, "train.lr must be positive"),

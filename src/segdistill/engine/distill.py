@@ -34,7 +34,15 @@ from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_
 from ..metrics import predicts_nothing
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
-from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
+from ..runtime import (
+    autocast,
+    autocast_dtype,
+    precision_name,
+    resolve_workers,
+    select_device,
+    set_threads,
+    use_channels_last,
+)
 from .evaluate import evaluate
 from .targets import build_target_cache, mean_foreground
 from .train import (
@@ -42,7 +50,9 @@ from .train import (
     build_optimizer,
     build_schedulers,
     collapse_message,
+    end_epoch_plan,
     fit,
+    make_clock,
     make_ema,
     model_input,
     open_run,
@@ -50,6 +60,7 @@ from .train import (
     rng_state,
     run_epoch,
     set_rng_state,
+    set_schedule_length,
 )
 
 log = logging.getLogger("segdistill")
@@ -172,11 +183,14 @@ def _transfer_images(cfg: Config) -> list[Path]:
     return collect_images(folders, cfg.data.recursive)
 
 
-def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> DistillResult:
-    """Run a configured distillation; see the module docstring."""
+def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
+            started: float | None = None) -> DistillResult:
+    """Run a configured distillation; see the module docstring. ``started``: as in ``fit``."""
+    started = time.monotonic() if started is None else started
     if world_size() > 1:
         raise ConfigError("distill runs in a single process; launch it without torchrun")
     cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    set_threads(cfg.threads)
     if cfg.distill.lr is not None:
         cfg = copy.deepcopy(cfg)
         cfg.train.lr = cfg.distill.lr  # the one place the student's rate is taken from
@@ -258,7 +272,9 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         teacher = teacher.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, list(student.parameters()) + list(kd.parameters()))
     ema = make_ema(student, cfg.train.ema)
-    step_sched, plateau = build_schedulers(cfg, optimizer, len(train_loader))
+    clock = make_clock(cfg, state, started)
+    clock.final_views = 2  # the report runs teacher and student once more
+    step_sched, plateau = build_schedulers(cfg, optimizer, len(train_loader), clock.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     main = is_main_process()
 
@@ -277,18 +293,20 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     teacher_metrics = evaluate(teacher, val_loader, device, tinfo.threshold).metrics if val_key == "mask" and val_loader else {}
     teacher_sha = file_sha256(teacher_path)
     if main:
-        log.info("distill %s: teacher %s (%.2fM) -> student %s (%.3fM), %d transfer images, %s targets, loss %s%s",
-                 run_dir, tinfo.arch, count_params(teacher) / 1e6, s.name, count_params(student) / 1e6,
-                 len(transfer), d.targets, d.loss, f", pos_weight {pos_weight:.2f}" if pos_weight else "")
+        log.info("distill %s: teacher %s (%.2fM) -> student %s (%.3fM), %d transfer images, %s targets, loss %s%s, %s, %s, "
+                 "%d threads", run_dir, tinfo.arch, count_params(teacher) / 1e6, s.name, count_params(student) / 1e6,
+                 len(transfer), d.targets, d.loss, f", pos_weight {pos_weight:.2f}" if pos_weight else "", device,
+                 precision_name(amp_dtype), torch.get_num_threads())
 
     def info(summary: dict[str, Any]) -> ModelInfo:
         return ModelInfo(s.name, resolved_args(s.name, in_channels=pre.in_channels, **s.args), pre, tinfo.threshold, summary)
 
     t_run = time.perf_counter()
-    for epoch in range(start, cfg.train.epochs + 1):
+    epoch = start
+    while epoch <= clock.epochs:
         t0 = time.perf_counter()
         train_set.set_epoch(epoch)
-        desc = f"distill {epoch}/{cfg.train.epochs}"
+        desc = f"distill {epoch}/{clock.epochs}"
         try:
             loss, passes = distill_one_epoch(
                 student, teacher if d.targets == "online" else None, kd, optimizer, train_loader, device,
@@ -300,6 +318,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         row: dict[str, Any] = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": None, "val_dice": None,
                                "agreement_iou": None, "lr": optimizer.param_groups[0]["lr"]}
         final = ema.module if ema is not None else student  # what is validated and saved
+        t_val = time.perf_counter()
         if val_loader is not None:
             m = evaluate(final, val_loader, device, tinfo.threshold, target_key=val_key).metrics
             agree = m if val_key == "soft" else evaluate(final, val_loader, device, tinfo.threshold, target_key="soft").metrics
@@ -309,6 +328,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
                 log.warning(collapse_message(epoch, cfg.train.lr))
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
+        if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if val_loader else None, device):
+            set_schedule_length(step_sched, clock.epochs, len(train_loader))
         if plateau is not None and row["val_iou"] is not None:
             plateau.step(row["val_iou"])
         # Without validation the latest student is the one kept (as in fit): a loss is no score,
@@ -330,9 +351,11 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
                 "scheduler": step_sched.state_dict() if step_sched is not None else None,
                 "plateau": plateau.state_dict() if plateau is not None else None, "rng": rng_state(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None, "history": history, "best": best, "best_epoch": best_epoch})
-            log.info("%s  loss %.4f  IoU %s  agreement %s  %.1fs%s", desc, loss, row["val_iou"], row["agreement_iou"],
-                     row["seconds"], "  *best*" if improved else "")
+                "ema": ema.state_dict() if ema is not None else None, "history": history, "best": best, "best_epoch": best_epoch,
+                "planned_epochs": clock.epochs})
+            log.info("%s  loss %.4f  IoU %s  agreement %s  %.1fs  ETA %s%s", f"distill {epoch}/{clock.epochs}", loss, row["val_iou"], row["agreement_iou"],
+                     row["seconds"], clock.eta(epoch), "  *best*" if improved else "")
+        epoch += 1
     minutes = (time.perf_counter() - t_run) / 60
     log.info("teacher forward passes in this run: %d", teacher_passes)
     report = _report(cfg, run_dir, teacher, tinfo, student, history, best_epoch, teacher_metrics, val_key,

@@ -40,7 +40,16 @@ from ..losses import LossFn, make_task_loss
 from ..metrics import predicts_nothing
 from ..models import create_model, resolved_args
 from ..report import format_table, plot_curves, write_csv
-from ..runtime import autocast, autocast_dtype, resolve_workers, select_device, use_channels_last
+from ..runtime import (
+    autocast,
+    autocast_dtype,
+    precision_name,
+    resolve_workers,
+    select_device,
+    set_threads,
+    use_channels_last,
+)
+from .clock import RunClock
 from .evaluate import EvalResult, evaluate
 from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
@@ -250,26 +259,43 @@ def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
 
 
-def build_schedulers(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """(per-step scheduler or None, per-epoch plateau scheduler or None)."""
+class WarmupCosine:
+    """Per-step learning-rate factor: linear warm-up, then cosine down to ``floor``. A callable
+    object rather than a closure so that LambdaLR saves its fields with the training state, and so
+    that a time budget can stretch it to the epochs it fits (:func:`set_schedule_length`)."""
+
+    def __init__(self, total: int, warmup: int, floor: float) -> None:
+        self.total, self.warmup, self.floor = total, warmup, floor
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_schedulers(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int | None = None):
+    """(per-step scheduler or None, per-epoch plateau scheduler or None); ``epochs`` defaults to
+    train.epochs."""
     t = cfg.train
     if t.scheduler == "cosine":
-        total = max(1, t.epochs * steps_per_epoch)
+        total = max(1, (epochs or t.epochs) * steps_per_epoch)
         warmup = min(t.warmup_epochs * steps_per_epoch, total // 2)
-        floor = min(t.min_lr / t.lr, 1.0)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), None
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total, warmup, min(t.min_lr / t.lr, 1.0))), None
     if t.scheduler == "plateau":
         return None, torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=t.plateau_factor, patience=t.plateau_patience, min_lr=t.min_lr
         )
     return None, None
+
+
+def set_schedule_length(scheduler: torch.optim.lr_scheduler.LRScheduler | None, epochs: int, steps_per_epoch: int) -> None:
+    """Stretch or shrink a warm-up + cosine schedule to ``epochs`` (after a time budget refits them)."""
+    if scheduler is not None:
+        for fn in getattr(scheduler, "lr_lambdas", []):
+            if isinstance(fn, WarmupCosine):
+                fn.total = max(1, epochs * steps_per_epoch)
+                fn.warmup = min(fn.warmup, fn.total // 2)
 
 
 def make_ema(model: nn.Module, decay: float | None) -> AveragedModel | None:
@@ -370,24 +396,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False) -> FitResult:
+def make_clock(cfg: Config, state: dict | None, started: float) -> RunClock:
+    """The run's epoch plan: ``train.epochs``, or with a time budget the epochs that fit (a resumed
+    budgeted run finishes the epochs planned before it stopped)."""
+    budget = cfg.train.time_budget
+    epochs = state.get("planned_epochs", cfg.train.epochs) if state is not None and budget else cfg.train.epochs
+    return RunClock(epochs, budget * 60 if budget and state is None else None, started, final_views=cfg.train.tta,
+                    auto_threads=cfg.threads == "auto")
+
+
+def end_epoch_plan(clock: RunClock, epoch: int, val_seconds: float | None, device: torch.device) -> bool:
+    """``clock.end_epoch``, then every rank takes rank 0's plan (a no-op in one process). True when
+    the planned epochs changed."""
+    before = clock.epochs
+    clock.end_epoch(epoch, val_seconds)
+    (planned,) = broadcast_floats([float(clock.epochs)], device)
+    clock.epochs = int(planned)
+    return clock.epochs != before
+
+
+def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False, started: float | None = None) -> FitResult:
     """Train the configured model; returns the run folder, history and best metrics.
 
     With ``resume`` (a run folder), the saved config and state are restored and training goes on
-    from the last complete epoch as if it had never stopped.
+    from the last complete epoch as if it had never stopped. ``started`` (``time.monotonic()``) is
+    when a time budget's clock started; default: now.
     """
+    started = time.monotonic() if started is None else started
     cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    set_threads(cfg.threads)
     device = select_device(cfg.device)
     distributed = init_distributed(device)
     torch.manual_seed(cfg.seed)
     main = is_main_process()
     try:
-        return _fit(cfg, run_dir, device, state, main, distributed)
+        return _fit(cfg, run_dir, device, state, main, distributed, started)
     finally:
         cleanup()
 
 
-def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, main: bool, distributed: bool) -> FitResult:
+def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, main: bool, distributed: bool,
+         started: float) -> FitResult:
     data = build_run_data(cfg, device, run_dir)
     pre = data.pre
     if state is not None:
@@ -402,7 +451,8 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model.parameters())
     ema = make_ema(model, cfg.train.ema)
-    step_sched, plateau = build_schedulers(cfg, optimizer, len(data.train_loader))
+    clock = make_clock(cfg, state, started)
+    step_sched, plateau = build_schedulers(cfg, optimizer, len(data.train_loader), clock.epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
@@ -432,12 +482,11 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
     if main:
         n_params = sum(p.numel() for p in model.parameters())
         log.info(
-            "run %s: %s (%.2fM params), %d train / %d val images (%s layout)%s, %s, %s%s",
+            "run %s: %s (%.2fM params), %d train / %d val images (%s layout)%s, %s, %s%s, %d threads",
             run_dir, cfg.model.name, n_params / 1e6, len(data.split.train), len(data.split.val),
             data.split.layout,
             f", {len(data.unlabelled)} unlabelled (pseudo-labels from epoch {cfg.semi.start_epoch})" if data.unlabelled else "",
-            device, "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-            ", channels_last" if channels_last else "",
+            device, precision_name(amp_dtype), ", channels_last" if channels_last else "", torch.get_num_threads(),
         )
 
     def info(summary: dict[str, Any]) -> ModelInfo:
@@ -446,13 +495,14 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
                          label_offset=[float(v) for v in cfg.data.label_offset])
 
     t_run = time.perf_counter()
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    epoch = start_epoch
+    while epoch <= clock.epochs:
         t0 = time.perf_counter()
         if isinstance(data.train_set, MixedDataset) and epoch >= cfg.semi.start_epoch:
             _update_pseudo_labels(cfg, data, data.train_set, ema.module if ema is not None else model, run_dir,
                                   epoch, device, amp_dtype, main)
         data.train_set.set_epoch(epoch)
-        desc = f"epoch {epoch}/{cfg.train.epochs}"
+        desc = f"epoch {epoch}/{clock.epochs}"
         try:
             train_loss = train_one_epoch(
                 train_model, loss_fn, optimizer, data.train_loader, device,
@@ -465,9 +515,11 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
                 "(lower train.lr, or check the data for broken images)"
             ) from None
         final = ema.module if ema is not None else model  # what is validated and saved
-        result = EvalResult(metrics={})
-        if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == cfg.train.epochs):
+        result, val_seconds = EvalResult(metrics={}), None
+        if data.val_loader is not None and main and (epoch % cfg.train.val_every == 0 or epoch == clock.epochs):
+            t_val = time.perf_counter()
             result = evaluate(final, data.val_loader, device, cfg.train.threshold, loss_fn, amp_dtype, channels_last)
+            val_seconds = time.perf_counter() - t_val
         iou = result.metrics.get("iou")
         if result.metrics:
             empty_streak = empty_streak + 1 if predicts_nothing(result.metrics) else 0
@@ -486,6 +538,8 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
             "seconds": round(time.perf_counter() - t0, 2),
         }
         history.append(row)
+        if end_epoch_plan(clock, epoch, val_seconds, device):
+            set_schedule_length(step_sched, clock.epochs, len(data.train_loader))
         if plateau is not None and iou is not None:
             plateau.step(iou)
         improved = iou is not None and iou > best_iou
@@ -509,16 +563,18 @@ def _fit(cfg: Config, run_dir: Path, device: torch.device, state: dict | None, m
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(), "ema": ema.state_dict() if ema is not None else None, "history": history, "best_iou": best_iou,
                 "best_epoch": best_epoch, "stale": stale, "preprocess": pre.to_dict(), "pos_weight": pos_weight,
+                "planned_epochs": clock.epochs,
             })
             log.info(
-                "%s  loss %.4f  val loss %s  IoU %s  Dice %s  lr %.2e  %.1fs%s", desc, train_loss,
+                "%s  loss %.4f  val loss %s  IoU %s  Dice %s  lr %.2e  %.1fs  ETA %s%s", f"epoch {epoch}/{clock.epochs}", train_loss,
                 _fmt(row["val_loss"]), _fmt(row["val_iou"]), _fmt(row["val_dice"]), row["lr"], row["seconds"],
-                "  *best*" if improved else "",
+                clock.eta(epoch), "  *best*" if improved else "",
             )
         if cfg.train.early_stopping and stale >= cfg.train.early_stopping:
             if main:
                 log.info("early stopping: no better validation IoU for %d validations", stale)
             break
+        epoch += 1
     best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
     if main:
         row: dict[str, Any] = {"run": str(run_dir), "epochs": len(history), "best epoch": best_epoch or len(history),
