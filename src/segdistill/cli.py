@@ -235,7 +235,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.dir), epochs=args.epochs)
+    overrides = list(args.overrides) + ([_override("threads", args.threads)] if args.threads else [])
+    run_demo(Path(args.dir), teacher_epochs=args.epochs, student_epochs=args.student_epochs, overrides=overrides,
+             started=STARTED)
     return 0
 
 
@@ -334,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="built-in data -> train -> evaluate -> predict -> distill")
     p.add_argument("--dir", default="runs/demo", help="where the demo writes everything")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8, help="teacher epochs (default 8)")
+    p.add_argument("--student-epochs", type=int, default=24, help="student epochs, distilled and labels-only (default 24)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every stage, e.g. --set train.precision=fp32")
+    _add_threads_arg(p)
     p.set_defaults(fn=cmd_demo)
     return parser
 
