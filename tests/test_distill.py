@@ -130,7 +130,7 @@ def test_overwrite_removes_the_previous_run(tiny_model, synth_dir, tmp_path):
     old_state = (tmp_path / "o" / "state.safetensors").stat().st_mtime_ns
     (tmp_path / "o" / "notes.txt").write_text("mine")
     from segdistill.config import load_config
-    from segdistill.engine.train import new_run_dir
+    from segdistill.engine.run import new_run_dir
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=o"])
     assert new_run_dir(cfg, overwrite=True) == tmp_path / "o"

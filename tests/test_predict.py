@@ -96,7 +96,7 @@ def test_threshold_changes_masks(tiny_model, synth_dir, tmp_path, threshold):
 def test_evaluate_cli(tiny_model, synth_dir, tmp_path, capsys):
     out = tmp_path / "e.csv"
     assert main(["evaluate", str(tiny_model), "--data", str(synth_dir), "--out", str(out)]) == 0
-    text = capsys.readouterr().out
+    text = capsys.readouterr().err  # the library reports through logging (stderr)
     assert "iou" in text and "per-image mean" in text
     lines = out.read_text().strip().splitlines()
     assert len(lines) == 13 and lines[0].startswith("image,iou,dice,precision,recall,accuracy")

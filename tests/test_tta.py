@@ -72,7 +72,7 @@ def test_training_with_tta_stores_it_and_evaluate_and_predict_use_it(synth_dir, 
     # evaluate defaults to the model's views; --tta 1 is a single pass
     model = str(run / "model.safetensors")
     assert main(["evaluate", model, "--data", str(synth_dir), "--out", str(tmp_path / "e.csv")]) == 0
-    assert "TTA x4" in capsys.readouterr().out
+    assert "TTA x4" in capsys.readouterr().err
     assert main(["evaluate", model, "--data", str(synth_dir), "--out", str(tmp_path / "e1.csv"), "--tta", "1"]) == 0
     ev, ev1 = (json.loads((tmp_path / f).read_text()) for f in ("e.json", "e1.json"))
     assert ev["tta"] == 4 and ev1["tta"] == 1 and ev["iou"] != ev1["iou"]

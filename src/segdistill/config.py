@@ -414,12 +414,24 @@ def validate(cfg: Config) -> None:
         (cfg.data.max_side is None or cfg.data.max_side >= 16, "data.max_side must be at least 16"),
         (t.tta in (1, 2, 4, 8), "train.tta must be 1, 2, 4 or 8 (views: none, + mirror, + turned, all flips and turns)"),
         (len(cfg.data.label_offset) == 2, "data.label_offset must be [dy, dx] in pixels"),
+        (cfg.distill.feature_weight == 0 or cfg.distill.targets == "online",
+         "feature distillation (distill.feature_weight > 0) needs distill.targets: online"),
+        (cfg.distill.mixup == 0 or cfg.distill.targets == "online",
+         "distill.mixup needs distill.targets: online (the teacher must label the blended images)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
     if any(ch in cfg.name for ch in "/\\") or cfg.name in ("", ".", ".."):
         raise ConfigError(f"name {cfg.name!r} must be a plain folder name (no slashes)")
+
+
+def validate_distill(cfg: Config) -> None:
+    """What distillation needs beyond a valid config: a teacher and transfer images."""
+    if cfg.distill.teacher is None:
+        raise ConfigError("distill.teacher is not set: give the teacher model file (--teacher MODEL)")
+    if not cfg.distill.images:
+        raise ConfigError("distill.images is not set: give a folder of images (--images DIR)")
 
 
 def dump_config(cfg: Config) -> str:

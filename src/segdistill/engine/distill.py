@@ -9,6 +9,7 @@ otherwise agreement with the teacher on a held-out fraction of the transfer imag
 from __future__ import annotations
 
 import copy
+import csv
 import logging
 import math
 import random
@@ -22,46 +23,22 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from ..benchmark import count_gflops, count_params, cpu_latency_ms
-from ..checkpoint import ModelInfo, file_sha256, load_model, save_model, save_state
-from ..config import Config, dump_config
+from ..benchmark import count_params
+from ..checkpoint import ModelInfo, file_sha256, load_model
+from ..config import Config, validate_distill
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import collect_images, discover
-from ..distributed import is_main_process, world_size
+from ..distributed import world_size
 from ..errors import ConfigError, SegdistillError, TrainingError
-from ..fileio import write_json, write_text
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
-from ..metrics import predicts_nothing
 from ..models import create_model, resolved_args
-from ..report import format_table, plot_curves, write_csv
-from ..runtime import (
-    autocast,
-    autocast_dtype,
-    precision_name,
-    resolve_workers,
-    select_device,
-    set_threads,
-    use_channels_last,
-)
+from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
+from .distill_report import distill_report
 from .evaluate import evaluate
+from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
+from .run import Recorder, capture, end_epoch_plan, make_clock, open_run, resume_from, start_run, validates
 from .targets import build_target_cache, mean_foreground
-from .train import (
-    COLLAPSE_PATIENCE,
-    build_optimizer,
-    build_schedulers,
-    collapse_message,
-    end_epoch_plan,
-    fit,
-    make_clock,
-    make_ema,
-    model_input,
-    open_run,
-    restore,
-    rng_state,
-    run_epoch,
-    set_rng_state,
-    set_schedule_length,
-)
+from .train import fit
 
 log = logging.getLogger("segdistill")
 
@@ -176,11 +153,70 @@ class DistillResult:
     report: dict[str, Any]
 
 
-def _transfer_images(cfg: Config) -> list[Path]:
-    folders = cfg.distill.images
-    if not folders:
-        raise ConfigError("distill.images is not set: give a folder of images (--images DIR)")
-    return collect_images(folders, cfg.data.recursive)
+@dataclass
+class DistillData:
+    """Transfer images with their teacher targets, and what validation compares the student with."""
+
+    transfer: list[Path]
+    train_set: SegDataset
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    val_key: str
+    """"mask" (labels given: ``data.*``) or "soft" (agreement with the teacher on held-out images)."""
+    targets: dict[Path, Path]
+    teacher_passes: int
+    cache_folder: Path
+
+
+def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teacher_path: Path) -> DistillData:
+    """Transfer and validation images (validation images never transfer), the teacher's targets for
+    them (cached, or for validation only with online targets) and the loaders."""
+    d = cfg.distill
+    transfer, val_items, label_of = _split_transfer(cfg)
+    need = [p for p, _ in val_items] + (transfer if d.targets == "cached" else [])
+    targets, stats = build_target_cache(teacher, tinfo, teacher_path, need, Path(d.cache_dir) if d.cache_dir else None,
+                                        cfg.device)
+    pre = copy.deepcopy(tinfo.preprocess)  # the student sees exactly what the teacher saw
+    items = [Item(p, label_of.get(p.resolve()) if d.alpha > 0 else None, targets[p] if d.targets == "cached" else None)
+             for p in transfer]
+    train_set = SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
+                           length=cfg.train.samples_per_epoch or len(items), seed=cfg.seed, cache=cfg.data.cache)
+    val_set = SegDataset([Item(p, m, targets[p]) for p, m in val_items], pre, train=False, cache=True, resize_masks=False)
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, num_workers=resolve_workers(cfg.train.num_workers),
+                              drop_last=len(train_set) > cfg.train.batch_size)
+    val_loader = DataLoader(val_set, batch_size=1, num_workers=0) if len(val_set) else None
+    labelled = cfg.data.root is not None or cfg.data.train_images is not None
+    val_key = "mask" if labelled and val_loader is not None else "soft"
+    return DistillData(transfer, train_set, train_loader, val_loader, val_key, targets, stats.forward_passes, stats.folder)
+
+
+def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | None]], dict[Path, Path]]:
+    """(transfer images, validation (image, mask or None) pairs, label of each labelled image)."""
+    d = cfg.distill
+    transfer = collect_images(d.images or [], cfg.data.recursive)
+    label_of: dict[Path, Path] = {}
+    if cfg.data.root is not None or cfg.data.train_images is not None:
+        split = discover(cfg.data, cfg.seed)
+        label_of = {p.image.resolve(): p.mask for p in split.train if p.mask is not None}
+        held_out = {p.image.resolve() for p in split.val}
+        before = len(transfer)
+        transfer = [p for p in transfer if p.resolve() not in held_out]
+        if before != len(transfer):
+            log.info("left %d validation images out of the transfer set", before - len(transfer))
+        val_items: list[tuple[Path, Path | None]] = [(p.image, p.mask) for p in split.val]
+    else:
+        ordered = sorted(transfer)
+        random.Random(cfg.seed).shuffle(ordered)
+        n_val = max(1, round(len(ordered) * d.val_fraction)) if len(ordered) > 1 and d.val_fraction > 0 else 0
+        val_items, transfer = [(p, None) for p in ordered[:n_val]], ordered[n_val:]
+        log.info("no labelled data: validating by agreement with the teacher on %d held-out images", n_val)
+    if not transfer:
+        raise SegdistillError("no transfer images left for training")
+    if d.alpha > 0:
+        missing = [p for p in transfer if p.resolve() not in label_of]
+        if missing:
+            raise ConfigError(f"distill.alpha > 0 needs a label for every transfer image; {missing[0]} has none")
+    return transfer, val_items, label_of
 
 
 def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
@@ -190,236 +226,135 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     if world_size() > 1:
         raise ConfigError("distill runs in a single process; launch it without torchrun")
     cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    validate_distill(cfg)
+    cfg = student_config(cfg)
     set_threads(cfg.threads)
-    if cfg.distill.lr is not None:
-        cfg = copy.deepcopy(cfg)
-        cfg.train.lr = cfg.distill.lr  # the one place the student's rate is taken from
-    d = cfg.distill
-    if d.teacher is None:
-        raise ConfigError("distill.teacher is not set: give the teacher model file (--teacher MODEL)")
-    if d.feature_weight > 0 and d.targets == "cached":
-        raise ConfigError("feature distillation (distill.feature_weight > 0) needs distill.targets: online")
-    if d.mixup > 0 and d.targets == "cached":
-        raise ConfigError("distill.mixup needs distill.targets: online (the teacher must label the blended images)")
-    device = select_device(cfg.device)
+    d, device = cfg.distill, select_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    teacher_path = Path(d.teacher)
-    teacher, tinfo = load_model(teacher_path, device)
-    pre = copy.deepcopy(tinfo.preprocess)  # the student sees exactly what the teacher saw
+    teacher, tinfo = load_model(Path(d.teacher), device)  # type: ignore[arg-type]
+    data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher))  # type: ignore[arg-type]
+    cp = build_compute(cfg, device)
+    student = create_model(d.student.name, in_channels=tinfo.preprocess.in_channels, **d.student.args).to(device)
+    kd = _kd_loss(cfg, data, student, teacher).to(device)
+    # The online teacher only infers, where channels_last pays on the CPU too (1.43x, benchmarks.md).
+    teacher_cl = d.targets == "online" and use_channels_last(cfg.train.channels_last, device, training=False)
+    teacher = teacher.to(memory_format=torch.channels_last) if teacher_cl else teacher
+    clock = make_clock(cfg, state, started, final_views=2)  # the report runs teacher and student once more
+    params = list(student.parameters()) + list(kd.parameters())
+    opt = build_optimization(cfg, student, params, len(data.train_loader), clock.epochs, cp.amp_dtype)
+    rec = Recorder(run_dir, f"{cfg.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None)
+    parts = {"model": student, "kd": kd, **opt.parts()}
+    epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
+    teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
+    teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
+    _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)
+    t_run = time.perf_counter()
+    while epoch <= clock.epochs:
+        t0 = time.perf_counter()
+        data.train_set.set_epoch(epoch)
+        loss, n = _distill_epoch(student, teacher if d.targets == "online" else None, kd, opt, data, cp, cfg,
+                                 f"distill {epoch}/{clock.epochs}", run_dir, teacher_cl)
+        passes += n
+        final = opt.ema.module if opt.ema is not None else student  # what is validated and saved
+        t_val = time.perf_counter()
+        m = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else {}
+        row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
+               "agreement_iou": m.get("agreement"), "lr": opt.optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - t0, 2)}
+        rec.update(row, m)
+        if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if m else None, device):
+            opt.set_epochs(clock.epochs)
+        if opt.plateau is not None and row["val_iou"] is not None:
+            opt.plateau.step(row["val_iou"])
+        summary = {"distilled_from": Path(d.teacher).name, "teacher_sha256": teacher_sha, "epoch": epoch,  # type: ignore[arg-type]
+                   "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement"}
+        rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
+        if rec.should_stop(cfg.train.early_stopping):
+            break
+        epoch += 1
+    rec.plot()  # an early stop ends before the last planned epoch
+    log.info("teacher forward passes in this run: %d", passes)
+    minutes = (time.perf_counter() - t_run) / 60
+    twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
+    if d.baseline and twin is None:
+        log.warning("--baseline needs labelled data (--data); skipped")
+    report = distill_report(cfg, run_dir, teacher, tinfo, rec, teacher_metrics, data.val_key, passes, data.cache_folder,
+                            minutes, twin)
+    return DistillResult(run_dir, rec.history, report)
 
-    # ---- data: transfer images, validation (labels or teacher agreement)
-    transfer = _transfer_images(cfg)
-    labelled = cfg.data.root is not None or cfg.data.train_images is not None
-    label_of: dict[Path, Path] = {}
-    if labelled:
-        split = discover(cfg.data, cfg.seed)
-        val_pairs = split.val
-        label_of = {p.image.resolve(): p.mask for p in split.train if p.mask is not None}
-        val_set_paths = {p.image.resolve() for p in val_pairs}
-        before = len(transfer)
-        transfer = [p for p in transfer if p.resolve() not in val_set_paths]
-        if before != len(transfer):
-            log.info("left %d validation images out of the transfer set", before - len(transfer))
-        val_items_src = [(p.image, p.mask) for p in val_pairs]
-    else:
-        ordered = sorted(transfer)
-        random.Random(cfg.seed).shuffle(ordered)
-        n_val = max(1, round(len(ordered) * d.val_fraction)) if len(ordered) > 1 and d.val_fraction > 0 else 0
-        val_items_src = [(p, None) for p in ordered[:n_val]]
-        transfer = ordered[n_val:]
-        log.info("no labelled data: validating by agreement with the teacher on %d held-out images", n_val)
-    if not transfer:
-        raise SegdistillError("no transfer images left for training")
-    if d.alpha > 0:
-        missing = [p for p in transfer if p.resolve() not in label_of]
-        if missing:
-            raise ConfigError(f"distill.alpha > 0 needs a label for every transfer image; {missing[0]} has none")
 
-    # ---- teacher targets
-    cache_root = Path(d.cache_dir) if d.cache_dir else None
-    need = [p for p, _ in val_items_src] + (transfer if d.targets == "cached" else [])
-    targets, stats = build_target_cache(teacher, tinfo, teacher_path, need, cache_root, cfg.device)
-    teacher_passes = stats.forward_passes
+def student_config(cfg: Config) -> Config:
+    """The config the student trains by: ``distill.lr`` as its learning rate (when set)."""
+    if cfg.distill.lr is None:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.train.lr = cfg.distill.lr  # the one place the student's rate is taken from
+    return cfg
 
-    train_items = [
-        Item(p, label_of.get(p.resolve()) if d.alpha > 0 else None, targets[p] if d.targets == "cached" else None)
-        for p in transfer
-    ]
-    train_set = SegDataset(train_items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
-                           length=cfg.train.samples_per_epoch or len(train_items), seed=cfg.seed, cache=cfg.data.cache)
-    val_set = SegDataset([Item(p, m, targets[p]) for p, m in val_items_src], pre, train=False, cache=True, resize_masks=False)
-    workers = resolve_workers(cfg.train.num_workers)
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, num_workers=workers,
-                              drop_last=len(train_set) > cfg.train.batch_size)
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=0) if len(val_set) else None
-    val_key = "mask" if labelled and val_loader is not None else "soft"
 
-    # ---- models and optimisation
-    s = d.student
-    student = create_model(s.name, in_channels=pre.in_channels, **s.args).to(device)
-    pos_weight = None
+def student_info(cfg: Config, tinfo: ModelInfo, summary: dict[str, Any]) -> ModelInfo:
+    """The student's model file: its architecture with the teacher's preprocessing, threshold,
+    test-time views and label offset, since it learnt the teacher's outputs (offset included)."""
+    s = cfg.distill.student
+    return ModelInfo(s.name, resolved_args(s.name, in_channels=tinfo.preprocess.in_channels, **s.args), tinfo.preprocess,
+                     tinfo.threshold, summary, tta=tinfo.tta, label_offset=list(tinfo.label_offset))
+
+
+def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
+    """The labels-only twin (``distill.baseline``): the same student, epochs and rate trained on the
+    labels alone, in RUN/baseline; the report sets it beside the distilled student."""
+    bcfg = copy.deepcopy(cfg)
+    bcfg.model = copy.deepcopy(cfg.distill.student)
+    bcfg.data.invert, bcfg.data.max_side = tinfo.preprocess.invert, tinfo.preprocess.max_side
+    bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
+    bcfg.train.time_budget = None  # as many epochs as the student got (a budget was spent on it)
+    bcfg.train.epochs = len(_history(run_dir)) or cfg.train.epochs
+    log.info("training the labels-only twin of the student (%d epochs)", bcfg.train.epochs)
+    res = fit(bcfg, overwrite=True)
+    return {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    path = run_dir / "history.csv"
+    return list(csv.DictReader(open(path, encoding="utf-8"))) if path.is_file() else []
+
+
+def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Module) -> KDLoss:
+    """The distillation loss; with ``distill.balance``, the teacher's foreground re-weighted by
+    sqrt(background / foreground) of its targets."""
+    d, pos_weight = cfg.distill, None
     if d.balance:
-        f = mean_foreground([targets[p] for p in (transfer if d.targets == "cached" else [q for q, _ in val_items_src])])
+        f = mean_foreground([data.targets[p] for p in (data.transfer if d.targets == "cached" else data.targets)])
         pos_weight = float(min(max(math.sqrt((1 - f) / max(f, 1e-6)), 1.0), 5.0))
     if d.feature_weight > 0 and not (hasattr(student, "feature_channels") and hasattr(teacher, "feature_channels")):
         raise ConfigError("feature distillation needs U-Net teacher and student (models with feature_channels)")
-    kd = KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", [])).to(device)
-    amp_dtype = autocast_dtype(cfg.train.precision, device)
-    channels_last = use_channels_last(cfg.train.channels_last, device, training=True)
-    # The online teacher only infers, where channels_last pays on the CPU too (1.43x, benchmarks.md).
-    teacher_cl = d.targets == "online" and use_channels_last(cfg.train.channels_last, device, training=False)
-    if teacher_cl:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, list(student.parameters()) + list(kd.parameters()))
-    ema = make_ema(student, cfg.train.ema)
-    clock = make_clock(cfg, state, started)
-    clock.final_views = 2  # the report runs teacher and student once more
-    step_sched, plateau = build_schedulers(cfg, optimizer, len(train_loader), clock.epochs)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    main = is_main_process()
-
-    history: list[dict[str, Any]] = []
-    start, best, best_epoch = 1, -1.0, 0
-    empty_streak = 0
-    if state is not None:
-        restore(run_dir, state, model=student, kd=kd, optimizer=optimizer, scheduler=step_sched, plateau=plateau,
-                scaler=scaler, ema=ema)
-        set_rng_state(state["rng"])
-        history, start, best, best_epoch = state["history"], state["epoch"] + 1, state["best"], state["best_epoch"]
-    elif main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-
-    teacher_metrics = evaluate(teacher, val_loader, device, tinfo.threshold).metrics if val_key == "mask" and val_loader else {}
-    teacher_sha = file_sha256(teacher_path)
-    if main:
-        log.info("distill %s: teacher %s (%.2fM) -> student %s (%.3fM), %d transfer images, %s targets, loss %s%s, %s, %s, "
-                 "%d threads", run_dir, tinfo.arch, count_params(teacher) / 1e6, s.name, count_params(student) / 1e6,
-                 len(transfer), d.targets, d.loss, f", pos_weight {pos_weight:.2f}" if pos_weight else "", device,
-                 precision_name(amp_dtype), torch.get_num_threads())
-
-    def info(summary: dict[str, Any]) -> ModelInfo:
-        return ModelInfo(s.name, resolved_args(s.name, in_channels=pre.in_channels, **s.args), pre, tinfo.threshold, summary)
-
-    t_run = time.perf_counter()
-    epoch = start
-    while epoch <= clock.epochs:
-        t0 = time.perf_counter()
-        train_set.set_epoch(epoch)
-        desc = f"distill {epoch}/{clock.epochs}"
-        try:
-            loss, passes = distill_one_epoch(
-                student, teacher if d.targets == "online" else None, kd, optimizer, train_loader, device,
-                amp_dtype=amp_dtype, scaler=scaler, scheduler=step_sched, grad_clip=cfg.train.grad_clip,
-                channels_last=channels_last, desc=desc, ema=ema, mixup=d.mixup, teacher_channels_last=teacher_cl)
-        except TrainingError as e:
-            raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
-        teacher_passes += passes
-        row: dict[str, Any] = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": None, "val_dice": None,
-                               "agreement_iou": None, "lr": optimizer.param_groups[0]["lr"]}
-        final = ema.module if ema is not None else student  # what is validated and saved
-        t_val = time.perf_counter()
-        if val_loader is not None:
-            m = evaluate(final, val_loader, device, tinfo.threshold, target_key=val_key).metrics
-            agree = m if val_key == "soft" else evaluate(final, val_loader, device, tinfo.threshold, target_key="soft").metrics
-            row.update(val_iou=round(m["iou"], 6), val_dice=round(m["dice"], 6), agreement_iou=round(agree["iou"], 6))
-            empty_streak = empty_streak + 1 if predicts_nothing(m) else 0
-            if empty_streak == COLLAPSE_PATIENCE and main:
-                log.warning(collapse_message(epoch, cfg.train.lr))
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        history.append(row)
-        if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if val_loader else None, device):
-            set_schedule_length(step_sched, clock.epochs, len(train_loader))
-        if plateau is not None and row["val_iou"] is not None:
-            plateau.step(row["val_iou"])
-        # Without validation the latest student is the one kept (as in fit): a loss is no score,
-        # since its scale depends on the KD loss and the temperature.
-        improved = row["val_iou"] is None or row["val_iou"] > best
-        if improved:
-            best_epoch = epoch
-            best = best if row["val_iou"] is None else row["val_iou"]
-        if main:
-            summary = {"distilled_from": teacher_path.name, "teacher_sha256": teacher_sha, "epoch": epoch,
-                       "val_iou": row["val_iou"], "validation": "labels" if val_key == "mask" else "teacher agreement"}
-            if improved:
-                save_model(run_dir / "model.safetensors", final, info(summary))
-            save_model(run_dir / "last.safetensors", final, info(summary))
-            write_csv(run_dir / "history.csv", history)
-            plot_curves(run_dir / "curves.png", history, f"{cfg.name}: student {s.name}")
-            save_state(run_dir / "state.safetensors", {
-                "epoch": epoch, "model": student.state_dict(), "kd": kd.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": step_sched.state_dict() if step_sched is not None else None,
-                "plateau": plateau.state_dict() if plateau is not None else None, "rng": rng_state(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "ema": ema.state_dict() if ema is not None else None, "history": history, "best": best, "best_epoch": best_epoch,
-                "planned_epochs": clock.epochs})
-            log.info("%s  loss %.4f  IoU %s  agreement %s  %.1fs  ETA %s%s", f"distill {epoch}/{clock.epochs}", loss, row["val_iou"], row["agreement_iou"],
-                     row["seconds"], clock.eta(epoch), "  *best*" if improved else "")
-        epoch += 1
-    minutes = (time.perf_counter() - t_run) / 60
-    log.info("teacher forward passes in this run: %d", teacher_passes)
-    report = _report(cfg, run_dir, teacher, tinfo, student, history, best_epoch, teacher_metrics, val_key,
-                     teacher_passes, stats.folder, minutes, device) if main else {}
-    return DistillResult(run_dir, history, report)
+    return KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", []))
 
 
-def _epochs_to_fraction(history: list[dict[str, Any]], key: str, fraction: float = 0.9) -> int | None:
-    values = [h[key] for h in history if h.get(key) is not None]
-    if not values:
-        return None
-    final = values[-1]
-    return next(h["epoch"] for h in history if h.get(key) is not None and h[key] >= fraction * final)
+def _distill_epoch(student: nn.Module, teacher: nn.Module | None, kd: KDLoss, opt: Optimization, data: DistillData,
+                   cp: Compute, cfg: Config, desc: str, run_dir: Path, teacher_cl: bool) -> tuple[float, int]:
+    try:
+        return distill_one_epoch(student, teacher, kd, opt.optimizer, data.train_loader, cp.device, amp_dtype=cp.amp_dtype,
+                                 scaler=opt.scaler, scheduler=opt.scheduler, grad_clip=cfg.train.grad_clip,
+                                 channels_last=cp.channels_last, desc=desc, ema=opt.ema, mixup=cfg.distill.mixup,
+                                 teacher_channels_last=teacher_cl)
+    except TrainingError as e:
+        raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
 
 
-def _report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelInfo, student: nn.Module,
-            history: list[dict[str, Any]], best_epoch: int, teacher_metrics: dict[str, float], val_key: str,
-            teacher_passes: int, cache_folder: Path, minutes: float, device: torch.device) -> dict[str, Any]:
-    best_student, _ = load_model(run_dir / "model.safetensors", "cpu")
-    size, ch = cfg.train.input_size, tinfo.preprocess.in_channels
-    best_row = next(h for h in history if h["epoch"] == best_epoch)
-    t_lat = cpu_latency_ms(copy.deepcopy(teacher).cpu(), ch, size)
-    s_lat = cpu_latency_ms(best_student, ch, size)
-    rows = [
-        {"model": f"teacher ({tinfo.arch})", "params": count_params(teacher), "GFLOPs": count_gflops(copy.deepcopy(teacher).cpu(), ch, size),
-         "CPU ms": t_lat, "val IoU": teacher_metrics.get("iou"), "val Dice": teacher_metrics.get("dice"), "agreement": 1.0},
-        {"model": f"student ({cfg.distill.student.name}, distilled)", "params": count_params(best_student),
-         "GFLOPs": count_gflops(best_student, ch, size), "CPU ms": s_lat,
-         "val IoU": best_row["val_iou"] if val_key == "mask" else None,
-         "val Dice": best_row["val_dice"] if val_key == "mask" else None, "agreement": best_row["agreement_iou"]},
-    ]
-    baseline = None
-    if cfg.distill.baseline:
-        if val_key != "mask":
-            log.warning("--baseline needs labelled data (--data); skipped")
-        else:
-            bcfg = copy.deepcopy(cfg)
-            bcfg.model = copy.deepcopy(cfg.distill.student)
-            bcfg.data.invert = tinfo.preprocess.invert
-            bcfg.data.max_side = tinfo.preprocess.max_side
-            bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
-            res = fit(bcfg, overwrite=True)
-            baseline = {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
-            rows.append({"model": f"student ({cfg.distill.student.name}, labels only)", "params": rows[1]["params"],
-                         "GFLOPs": rows[1]["GFLOPs"], "CPU ms": s_lat, "val IoU": baseline["val_iou"],
-                         "val Dice": baseline["val_dice"], "agreement": None})
-    report = {
-        "teacher": {"file": cfg.distill.teacher, **{k: v for k, v in rows[0].items() if k != "model"}},
-        "student": {"file": str(run_dir / "model.safetensors"), **{k: v for k, v in rows[1].items() if k != "model"}},
-        "baseline_labels_only": baseline,
-        "compression": rows[0]["params"] / rows[1]["params"],
-        "speedup_cpu": t_lat / s_lat,
-        "iou_retained": (rows[1]["val IoU"] / rows[0]["val IoU"]) if rows[1]["val IoU"] and rows[0]["val IoU"] else None,
-        "validation": "labels" if val_key == "mask" else "agreement with the teacher on held-out transfer images (no labels given)",
-        "epochs": len(history), "best_epoch": best_epoch,
-        "epochs_to_90pct_of_final_iou": _epochs_to_fraction(history, "val_iou" if val_key == "mask" else "agreement_iou"),
-        "teacher_forward_passes": teacher_passes, "target_cache": str(cache_folder), "targets": cfg.distill.targets,
-        "loss": cfg.distill.loss, "temperature": cfg.distill.temperature, "input_size": size,
-        "latency": f"batch 1, {size}x{size}, fp32, channels_last, {torch.get_num_threads()} threads", "minutes": round(minutes, 2),
-    }
-    write_json(run_dir / "distill_report.json", report)
-    table_rows = [dict(r, params=f"{r['params'] / 1e6:.3f}M") for r in rows]
-    print(format_table(table_rows, title=f"\nDistillation report ({report['validation']})"))
-    ret = f", keeps {report['iou_retained']:.1%} of the teacher's IoU" if report["iou_retained"] else ""
-    print(f"compression {report['compression']:.1f}x, CPU speed-up {report['speedup_cpu']:.1f}x{ret}")
-    print(f"report: {run_dir / 'distill_report.json'}")
-    return report
+def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> dict[str, float]:
+    """Validation metrics against labels or the teacher (``val_key``), plus ``agreement``: the IoU
+    of the student's masks with the teacher's."""
+    assert data.val_loader is not None
+    m = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key).metrics
+    agree = m if data.val_key == "soft" else evaluate(model, data.val_loader, cp.device, threshold, target_key="soft").metrics
+    return {**{k: round(v, 6) for k, v in m.items() if k in ("iou", "dice")}, "agreement": round(agree["iou"], 6),
+            **{k: v for k, v in m.items() if k not in ("iou", "dice")}}
+
+
+def _log_start(cfg: Config, run_dir: Path, data: DistillData, teacher: nn.Module, student: nn.Module, kd: KDLoss,
+               cp: Compute, tinfo: ModelInfo) -> None:
+    d = cfg.distill
+    log.info("distill %s: teacher %s (%.2fM) -> student %s (%.3fM), %d transfer images, %s targets, loss %s%s, %s",
+             run_dir, tinfo.arch, count_params(teacher) / 1e6, d.student.name, count_params(student) / 1e6,
+             len(data.transfer), d.targets, d.loss, f", pos_weight {kd.pos_weight:.2f}" if kd.pos_weight else "", cp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from ..inference.tta import tta_logits
 from ..losses import LossFn
 from ..metrics import Counts, confusion, scores, summarise
 from ..runtime import autocast
+
+log = logging.getLogger("segdistill")
 
 
 @dataclass
@@ -141,6 +144,6 @@ def evaluate_model(
     rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
             for k in ("iou", "dice", "precision", "recall", "accuracy")]
     views_note = f", TTA x{views}" if views > 1 else ""
-    print(format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, threshold {thr}{views_note})"))
-    print(f"per-image results: {out}")
+    log.info("%s\nper-image results: %s", format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, "
+             f"threshold {thr}{views_note})"), out)
     return result

@@ -1,0 +1,73 @@
+"""The distillation report: teacher, distilled student and the labels-only twin side by side."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..benchmark import count_gflops, count_params, cpu_latency_ms
+from ..checkpoint import ModelInfo, load_model
+from ..config import Config
+from ..fileio import write_json
+from ..report import format_table
+from .run import Recorder
+
+log = logging.getLogger("segdistill")
+
+
+def distill_report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelInfo, rec: Recorder,
+                   teacher_metrics: dict[str, float], val_key: str, teacher_passes: int, cache_folder: Path,
+                   minutes: float, twin: dict[str, Any] | None) -> dict[str, Any]:
+    """Teacher, distilled student and (``twin``) the labels-only student side by side: parameters,
+    GFLOPs, CPU latency, validation scores; logged as a table and written to distill_report.json."""
+    best_student, _ = load_model(run_dir / "model.safetensors", "cpu")
+    size, ch = cfg.train.input_size, tinfo.preprocess.in_channels
+    best_row = rec.best_row()
+    teacher_cpu = copy.deepcopy(teacher).cpu()
+    t_lat, s_lat = cpu_latency_ms(teacher_cpu, ch, size), cpu_latency_ms(best_student, ch, size)
+    rows = [
+        {"model": f"teacher ({tinfo.arch})", "params": count_params(teacher), "GFLOPs": count_gflops(teacher_cpu, ch, size),
+         "CPU ms": t_lat, "val IoU": teacher_metrics.get("iou"), "val Dice": teacher_metrics.get("dice"), "agreement": 1.0},
+        {"model": f"student ({cfg.distill.student.name}, distilled)", "params": count_params(best_student),
+         "GFLOPs": count_gflops(best_student, ch, size), "CPU ms": s_lat,
+         "val IoU": best_row["val_iou"] if val_key == "mask" else None,
+         "val Dice": best_row["val_dice"] if val_key == "mask" else None, "agreement": best_row["agreement_iou"]},
+    ]
+    if twin is not None:
+        rows.append({"model": f"student ({cfg.distill.student.name}, labels only)", "params": rows[1]["params"],
+                     "GFLOPs": rows[1]["GFLOPs"], "CPU ms": s_lat, "val IoU": twin["val_iou"],
+                     "val Dice": twin["val_dice"], "agreement": None})
+    report = {
+        "teacher": {"file": cfg.distill.teacher, **{k: v for k, v in rows[0].items() if k != "model"}},
+        "student": {"file": str(run_dir / "model.safetensors"), **{k: v for k, v in rows[1].items() if k != "model"}},
+        "baseline_labels_only": twin,
+        "compression": rows[0]["params"] / rows[1]["params"],
+        "speedup_cpu": t_lat / s_lat,
+        "iou_retained": (rows[1]["val IoU"] / rows[0]["val IoU"]) if rows[1]["val IoU"] and rows[0]["val IoU"] else None,
+        "validation": "labels" if val_key == "mask" else "agreement with the teacher on held-out transfer images (no labels given)",
+        "epochs": len(rec.history), "best_epoch": rec.best_epoch,
+        "epochs_to_90pct_of_final_iou": _epochs_to_fraction(rec.history, "val_iou" if val_key == "mask" else "agreement_iou"),
+        "teacher_forward_passes": teacher_passes, "target_cache": str(cache_folder), "targets": cfg.distill.targets,
+        "loss": cfg.distill.loss, "temperature": cfg.distill.temperature, "input_size": size,
+        "latency": f"batch 1, {size}x{size}, fp32, channels_last, {torch.get_num_threads()} threads", "minutes": round(minutes, 2),
+    }
+    write_json(run_dir / "distill_report.json", report)
+    table_rows = [dict(r, params=f"{r['params'] / 1e6:.3f}M") for r in rows]
+    ret = f", keeps {report['iou_retained']:.1%} of the teacher's IoU" if report["iou_retained"] else ""
+    log.info("%s\ncompression %.1fx, CPU speed-up %.1fx%s\nreport: %s",
+             format_table(table_rows, title=f"\nDistillation report ({report['validation']})"),
+             report["compression"], report["speedup_cpu"], ret, run_dir / "distill_report.json")
+    return report
+
+
+def _epochs_to_fraction(history: list[dict[str, Any]], key: str, fraction: float = 0.9) -> int | None:
+    values = [h[key] for h in history if h.get(key) is not None]
+    if not values:
+        return None
+    final = values[-1]
+    return next(h["epoch"] for h in history if h.get(key) is not None and h[key] >= fraction * final)
