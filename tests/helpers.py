@@ -37,3 +37,22 @@ def history_rows(run_dir: Path) -> int:
         return max(0, len(f.read_text().strip().splitlines()) - 1)
     except OSError:
         return 0
+
+
+def assert_resumed_run_matches(full: Path, cut: Path, epochs: int, image_size: int = 32) -> None:
+    """A run killed and resumed (``cut``) ends as the uninterrupted one (``full``): the same number
+    of epochs, the same losses, the same last model."""
+    import csv
+
+    import pytest
+    import torch
+
+    from segdistill.checkpoint import load_model
+
+    a, b = (list(csv.DictReader(open(run / "history.csv"))) for run in (full, cut))
+    assert len(a) == len(b) == epochs
+    assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], abs=1e-3)
+    ma, _ = load_model(full / "last.safetensors")
+    mb, _ = load_model(cut / "last.safetensors")
+    x = torch.randn(1, 1, image_size, image_size)
+    assert torch.allclose(ma(x), mb(x), atol=1e-3)

@@ -5,14 +5,13 @@ import csv
 import json
 
 import pytest
-import torch
 
 import segdistill.engine.distill as distill_mod
-from segdistill.checkpoint import load_model, load_state, read_model_info
+from segdistill.checkpoint import load_state, read_model_info
 from segdistill.cli import main
 
 from .conftest import TINY_TRAIN
-from .helpers import history_rows, run_killed_at
+from .helpers import assert_resumed_run_matches, history_rows, run_killed_at
 
 DISTILL_TINY = ["--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=16",
                 "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
@@ -56,13 +55,7 @@ def test_train_and_distill_save_the_same_state_and_resume_after_a_kill(tiny_mode
     run_killed_at(cut, "train_step:10")
     assert history_rows(tmp_path / "cut") == 2
     assert main(["-q", "distill", "--resume", str(tmp_path / "cut")]) == 0
-    a, b = _rows(tmp_path / "full"), _rows(tmp_path / "cut")
-    assert len(a) == len(b) == 4
-    assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], abs=1e-3)
-    sa, _ = load_model(tmp_path / "full" / "last.safetensors")
-    sb, _ = load_model(tmp_path / "cut" / "last.safetensors")
-    x = torch.randn(1, 1, 32, 32)
-    assert torch.allclose(sa(x), sb(x), atol=1e-3)
+    assert_resumed_run_matches(tmp_path / "full", tmp_path / "cut", 4)
     # One list of names for both loops: what each saves beyond it is its own task's.
     assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "t", *TINY_TRAIN]) == 0
     train_state, distill_state = load_state(tmp_path / "t" / "state.safetensors"), load_state(tmp_path / "cut" / "state.safetensors")

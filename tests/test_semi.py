@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segdistill.checkpoint import load_model, read_model_info
+from segdistill.checkpoint import read_model_info
 from segdistill.cli import main
 from segdistill.config import SemiConfig, load_config
 from segdistill.data.dataset import Item, SegDataset
@@ -19,7 +19,7 @@ from segdistill.errors import ConfigError
 from segdistill.inference.tta import tta_probabilities
 
 from .conftest import TINY_TRAIN
-from .helpers import history_rows, run_killed_at
+from .helpers import assert_resumed_run_matches, history_rows, run_killed_at
 
 
 def test_refresh_schedule():
@@ -164,14 +164,7 @@ def test_resume_with_pseudo_labels_matches_uninterrupted_run(synth_dir, unlabell
     capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
     assert "pseudo-labels for" not in capsys.readouterr().err  # reused, not remade
-    full = list(csv.DictReader(open(tmp_path / "full" / "history.csv")))
-    cut = list(csv.DictReader(open(tmp_path / "cut" / "history.csv")))
-    assert len(full) == len(cut) == 5
-    assert [r["train_loss"] for r in full] == pytest.approx([r["train_loss"] for r in cut], abs=1e-3)
-    a, _ = load_model(tmp_path / "full" / "last.safetensors")
-    b, _ = load_model(tmp_path / "cut" / "last.safetensors")
-    x = torch.randn(1, 1, 32, 32)
-    assert torch.allclose(a(x), b(x), atol=1e-3)
+    assert_resumed_run_matches(tmp_path / "full", tmp_path / "cut", 5)
 
 
 def test_before_start_epoch_training_is_unchanged(synth_dir, unlabelled_dir, tmp_path):

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
 from ..benchmark import count_params
@@ -88,17 +87,12 @@ def distill_one_epoch(
     student: nn.Module,
     teacher: nn.Module | None,
     kd: KDLoss,
-    optimizer: torch.optim.Optimizer,
+    opt: Optimization,
     loader: DataLoader,
-    device: torch.device,
+    cp: Compute,
     *,
-    amp_dtype: torch.dtype | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     grad_clip: float | None = None,
-    channels_last: bool = False,
     desc: str = "distill",
-    ema: AveragedModel | None = None,
     mixup: float = 0.0,
     teacher_channels_last: bool = False,
 ) -> tuple[float, int]:
@@ -107,7 +101,7 @@ def distill_one_epoch(
     weight ~ Beta(mixup, mixup), before teacher and student see it. Returns (mean loss, teacher
     forward passes)."""
     kd.train()
-    features = bool(kd.adapters)
+    device, amp_dtype, features = cp.device, cp.amp_dtype, bool(kd.adapters)
     teacher_passes = 0
     beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
 
@@ -115,7 +109,7 @@ def distill_one_epoch(
         nonlocal teacher_passes
         if beta is not None:
             batch = mix_batch(batch, float(beta.sample()), torch.randperm(len(batch["image"])))
-        x = model_input(batch, device, channels_last)
+        x = model_input(batch, device, cp.channels_last)
         t_feats = None
         if teacher is not None:
             x_t = x.contiguous(memory_format=torch.channels_last) if teacher_channels_last else x
@@ -133,8 +127,8 @@ def distill_one_epoch(
         return kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
 
     params = list(student.parameters()) + list(kd.parameters())
-    mean_loss = run_epoch(student, loader, batch_loss, optimizer, params, scaler=scaler, scheduler=scheduler,
-                          grad_clip=grad_clip, desc=desc, ema=ema)
+    mean_loss = run_epoch(student, loader, batch_loss, opt.optimizer, params, scaler=opt.scaler, scheduler=opt.scheduler,
+                          grad_clip=grad_clip, desc=desc, ema=opt.ema)
     return mean_loss, teacher_passes
 
 
@@ -334,10 +328,8 @@ def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Mod
 def _distill_epoch(student: nn.Module, teacher: nn.Module | None, kd: KDLoss, opt: Optimization, data: DistillData,
                    cp: Compute, cfg: Config, desc: str, run_dir: Path, teacher_cl: bool) -> tuple[float, int]:
     try:
-        return distill_one_epoch(student, teacher, kd, opt.optimizer, data.train_loader, cp.device, amp_dtype=cp.amp_dtype,
-                                 scaler=opt.scaler, scheduler=opt.scheduler, grad_clip=cfg.train.grad_clip,
-                                 channels_last=cp.channels_last, desc=desc, ema=opt.ema, mixup=cfg.distill.mixup,
-                                 teacher_channels_last=teacher_cl)
+        return distill_one_epoch(student, teacher, kd, opt, data.train_loader, cp, grad_clip=cfg.train.grad_clip,
+                                 desc=desc, mixup=cfg.distill.mixup, teacher_channels_last=teacher_cl)
     except TrainingError as e:
         raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
 
