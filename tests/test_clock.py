@@ -55,6 +55,16 @@ def test_plan_follows_measured_epochs(monkeypatch):
     assert fake.t + (planned[-1] - 5) * 20.0 + 1.0 <= 600 - budget_margin(600)
 
 
+def test_a_budget_shorter_than_one_epoch_says_so(monkeypatch, caplog):
+    fake = FakeClock(step=0.0)
+    monkeypatch.setattr(clock_mod, "_now", fake)
+    clock = RunClock(epochs=30, budget_s=60.0, started=0.0)
+    fake.t += 70.0
+    with caplog.at_level("INFO", logger="segdistill"):
+        clock.end_epoch(1, None)
+    assert clock.epochs == 1 and "leaves no room for a second epoch" in caplog.text
+
+
 def test_without_budget_the_plan_is_train_epochs(monkeypatch):
     fake = FakeClock(step=5.0)
     monkeypatch.setattr(clock_mod, "_now", fake)

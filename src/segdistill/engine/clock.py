@@ -104,6 +104,9 @@ class RunClock:
                 log.log(logging.INFO if len(self.epoch_times) <= 2 else logging.DEBUG,
                         "time budget %s: epochs take about %.1fs here%s -> %d epochs fit; the learning-rate "
                         "schedule spans them", format_duration(self.budget_s), self.typical_epoch(), final, self.epochs)
+            if self.epochs == epoch == 1:
+                log.warning("the time budget of %s leaves no room for a second epoch of %.1fs: a smaller model, "
+                            "train.input_size or train.samples_per_epoch would", format_duration(self.budget_s), seconds)
         if len(self.epoch_times) == 1:
             log.info("expected duration: about %s for %d epochs (finishing around %s)",
                      format_duration(self.remaining_s(epoch) + seconds), self.epochs,
