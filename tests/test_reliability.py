@@ -234,7 +234,7 @@ def test_truncated_mask(data: Path, tiny_model: Path, tmp_path: Path, capsys: py
     rc, out, _ = cli(capsys, "data", "check", data)
     assert rc == 1
     assert f"error: {mask}: corrupt or truncated image" in out
-    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv")
+    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv", "--all")
     assert rc == 2
     assert only_error(err).startswith(f"error: {mask}: corrupt or truncated image")
 
@@ -254,7 +254,7 @@ def test_image_mask_size_mismatch(data: Path, tiny_model: Path, tmp_path: Path, 
     assert rc == 2
     assert only_error(err) == expected
     assert not (tmp_path / "runs").exists()
-    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv")
+    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv", "--all")
     assert rc == 2
     assert only_error(err) == expected
 

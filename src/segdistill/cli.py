@@ -120,7 +120,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     set_threads(args.threads or "auto")
     evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
-                   invert=args.invert, max_side=args.max_side, tta=args.tta)
+                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all)
     return 0
 
 
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model .safetensors file")
     p.add_argument("--data", required=True, help="data folder with images and masks")
     p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
+    p.add_argument("--all", action="store_true",
+                   help="score every image; default: of an images/+masks/ folder, only the validation images "
+                        "the model's training held out (the val part of train/+val/ and Keras layouts)")
     p.add_argument("--threshold", type=float)
     p.add_argument("--device")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,

@@ -347,6 +347,10 @@ def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epo
         "train_images": len(data.split.train),
         "unlabelled_images": len(data.unlabelled),
         "val_images": len(data.split.val),
+        # How a flat folder was split, so that evaluate can score the same validation images.
+        "seed": cfg.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "val_stems": cfg.data.val_stems,
         "epochs_trained": len(history),
         "best_epoch": best_epoch,
         "input_size": cfg.train.input_size,
