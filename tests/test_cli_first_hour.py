@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from segdistill.cli import main
 from segdistill.config import load_config
 from segdistill.data.discovery import discover
@@ -45,3 +47,52 @@ def test_evaluate_uses_the_split_stored_in_the_model(synth_dir, tmp_path, capsys
     assert rc == 0 and "scoring the 2 validation images training held out (data.val_stems" in err
     scored = sorted(line.split(",")[0] for line in (tmp_path / "e.csv").read_text().splitlines()[1:])
     assert scored == stems
+
+
+# 2. predict never mixes two runs' outputs --------------------------------------------------------
+
+
+def test_predict_makes_a_fresh_folder_or_overwrites_cleanly(tiny_model, synth_dir, tmp_path, capsys):
+    other = tmp_path / "syn_test" / "images"  # the same folder name as synth_dir/images
+    other.mkdir(parents=True)
+    img = sorted((synth_dir / "images").glob("*.png"))[0]
+    (other / "x.png").write_bytes(img.read_bytes())
+    out = tmp_path / "preds"
+    rc, stdout, _ = cli(capsys, "predict", tiny_model, synth_dir / "images", "--out", out, "--probs", "--overlay")
+    assert rc == 0 and stdout.startswith(f"12 masks written to {out / 'images'} ")
+    rc, stdout, _ = cli(capsys, "predict", tiny_model, other, "--out", out)
+    assert rc == 0 and stdout.startswith(f"1 mask written to {out / 'images-2'} ")  # singular (item 10), no mixing
+    assert sorted(p.name for p in (out / "images-2").iterdir()) == ["x.png"]
+    assert len(list((out / "images").glob("*.png"))) == 12  # the first run is untouched
+    rc, stdout, _ = cli(capsys, "predict", tiny_model, other, "--out", out, "--name", "images", "--overwrite")
+    assert rc == 0 and stdout.startswith(f"1 mask written to {out / 'images'} ")
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["x.png"]  # no probs/ or overlays/ of the first run
+    (out / "images" / "notes.txt").write_text("mine")
+    rc, _, err = cli(capsys, "predict", tiny_model, other, "--out", out, "--name", "images", "--overwrite")
+    assert rc == 2 and "holds notes.txt, which predict does not write" in err
+
+
+# 3. several input files (a glob the shell expanded) ----------------------------------------------
+
+
+def test_predict_takes_several_files(tiny_model, synth_dir, tmp_path, capsys):
+    files = sorted((synth_dir / "images").glob("000*.png"))[:3]
+    rc, stdout, err = cli(capsys, "predict", tiny_model, *files, "--out", tmp_path / "o")
+    assert rc == 0, err
+    assert stdout.startswith(f"3 masks written to {tmp_path / 'o' / 'images'} ")
+    assert sorted(p.name for p in (tmp_path / "o" / "images").iterdir()) == [f.name for f in files]
+
+
+# 4. wrong paths say what was found and what was expected ----------------------------------------
+
+
+def test_predict_accepts_a_run_folder(tiny_model, synth_dir, tmp_path, capsys):
+    img = sorted((synth_dir / "images").glob("*.png"))[0]
+    rc, _, err = cli(capsys, "predict", tiny_model.parent, img, "--out", tmp_path / "o")
+    assert rc == 0 and f"{tiny_model.parent} is a run folder: using its model {tiny_model}" in err
+    from segdistill.checkpoint import read_model_info
+    from segdistill.errors import ModelFileError
+
+    with pytest.raises(ModelFileError) as e:
+        read_model_info(tiny_model.parent)
+    assert str(e.value) == f"{tiny_model.parent} is a run folder; its model is {tiny_model}"

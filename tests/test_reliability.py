@@ -449,7 +449,7 @@ def test_tiny_images_predict(size: tuple[int, int], tiny_model: Path, tmp_path: 
     Image.fromarray(np.full((h, w), 128, np.uint8)).save(src)
     rc, out, err = cli(capsys, "predict", tiny_model, src, "--out", tmp_path / "out", "--probs")
     assert rc == 0, err
-    assert out.startswith("1 masks written")
+    assert out.startswith("1 mask written")
     mask = Image.open(tmp_path / "out" / "px" / "px.png")
     assert mask.size == (w, h)
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
@@ -730,7 +730,7 @@ def test_model_whose_header_length_looks_like_a_pickle_loads(
     path.write_bytes(raw)
     rc, out, err = cli(capsys, "predict", path, synth_dir / "images" / "0000.png", "--out", tmp_path / "out")
     assert rc == 0, err
-    assert out.startswith("1 masks written")
+    assert out.startswith("1 mask written")
 
 
 class _Payload:
@@ -887,9 +887,15 @@ def test_predict_refuses_to_write_through_a_symlink(tiny_model: Path, synth_dir:
     (out / "x.png").symlink_to(victim)
     (tmp_path / "in").mkdir()
     shutil.copy(synth_dir / "images" / "0000.png", tmp_path / "in" / "x.png")
-    rc, _, err = cli(capsys, "predict", tiny_model, tmp_path / "in", "--out", tmp_path / "out")
-    assert rc == 2
-    assert only_error(err) == f"error: {out / 'x.png'}: output path would leave {out}; refusing to write it"
+    # predict on the command line writes to a fresh out/in-2 (or clears out/in with --overwrite);
+    # the library function writes where it is told, and must not follow the link.
+    from segdistill.inference.predictor import Predictor, predict_to_folder
+
+    with pytest.raises(DataError, match=f"{out / 'x.png'}: output path would leave {out}; refusing to write it"):
+        predict_to_folder(Predictor(tiny_model), tmp_path / "in", out)
+    assert victim.read_text() == "precious"
+    rc, _, err = cli(capsys, "predict", tiny_model, tmp_path / "in", "--out", tmp_path / "out", "--overwrite")
+    assert rc == 2 and "holds x.png, which predict does not write" in err
     assert victim.read_text() == "precious"
     with pytest.raises(DataError, match="would leave"):
         inside(out / "x.png", out)

@@ -119,43 +119,62 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     set_threads(args.threads or "auto")
-    evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
+    evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
                    invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all)
     return 0
 
 
-def _prediction_folder_name(name: str | None, source: str) -> str:
-    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs)."""
+def _prediction_folder_name(name: str | None, sources: list[str]) -> str:
+    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs);
+    several files (a glob the shell expanded): their common folder's name."""
     from .inference.sources import safe_relative_name
 
     if name is None:
-        src = Path(source)
-        if any(ch in source for ch in "*?[") and not src.exists():
-            name = "glob"
+        if len(sources) > 1:
+            parents = {Path(s).resolve().parent for s in sources}
+            name = parents.pop().name if len(parents) == 1 else "inputs"
         else:
-            name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
+            source = sources[0]
+            src = Path(source)
+            if any(ch in source for ch in "*?[") and not src.exists():
+                name = "glob"
+            else:
+                name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
     if len(Path(name).parts) != 1:
         raise ConfigError(f"--name '{name}' must be a plain folder name (no slashes)")
     return str(safe_relative_name(Path(name + ".x"), None))
 
 
+def _model_file(path: str) -> str:
+    """A model file; a run folder (what ``train`` prints) stands for its model.safetensors."""
+    p = Path(path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        log.info("%s is a run folder: using its model %s", p, p / "model.safetensors")
+        return str(p / "model.safetensors")
+    return path
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor, predict_to_folder
+    from .inference.predictor import Predictor, predict_to_folder, prediction_dir
+    from .inference.sources import collect_inputs
     from .runtime import set_threads
 
     cfg = load_config(args.config, list(args.overrides))
     set_threads(args.threads or cfg.threads)
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
-    predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
+    predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
-    out = Path(args.out or p.output_dir) / _prediction_folder_name(args.name, args.input)
+    recursive = args.recursive or p.recursive
+    inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
+    out = prediction_dir(args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs)
     summary = predict_to_folder(
         predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
-        recursive=args.recursive or p.recursive, save_probs=args.probs or p.save_probs,
+        recursive=recursive, save_probs=args.probs or p.save_probs,
         save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
     )
-    print(f"{summary.written} masks written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
+    masks = "mask" if summary.written == 1 else "masks"
+    print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
     if summary.failed:
         print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
         return 1
@@ -260,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on labelled data")
-    p.add_argument("model", help="model .safetensors file")
+    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
     p.add_argument("--data", required=True, help="data folder with images and masks")
     p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
     p.add_argument("--all", action="store_true",
@@ -277,12 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
-    p.add_argument("model", help="model .safetensors file")
-    p.add_argument("input", help="image file, folder or glob")
+    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
+    p.add_argument("input", nargs="+", help="image files, folders or globs (all go to one output folder)")
     p.add_argument("--config", "-c")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="output root (default predictions/)")
-    p.add_argument("--name", help="subfolder name (default: the input's name)")
+    p.add_argument("--name", help="subfolder name (default: the input's name; NAME-2, -3... when it holds files)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse predictions/NAME after removing its previous masks, probs and overlays")
     p.add_argument("--threshold", type=float)
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
