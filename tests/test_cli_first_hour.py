@@ -96,3 +96,28 @@ def test_predict_accepts_a_run_folder(tiny_model, synth_dir, tmp_path, capsys):
     with pytest.raises(ModelFileError) as e:
         read_model_info(tiny_model.parent)
     assert str(e.value) == f"{tiny_model.parent} is a run folder; its model is {tiny_model}"
+
+
+def test_distill_images_pointing_at_a_data_root_or_an_empty_folder(tiny_model, synth_dir, tmp_path, capsys):
+    base = ["distill", "--teacher", tiny_model, "--output-dir", tmp_path, "--epochs", "1"]
+    rc, _, err = cli(capsys, *base, "--images", synth_dir)
+    assert rc == 2
+    assert err.strip().splitlines()[-1] == (f"error: {synth_dir}: no images directly in it; it holds images/ and masks/ "
+                                            f"(did you mean {synth_dir / 'images'}?)")
+    (tmp_path / "empty").mkdir()
+    rc, _, err = cli(capsys, *base, "--images", tmp_path / "empty")
+    assert rc == 2 and f"{tmp_path / 'empty'}: no image files found (the folder is empty)" in err
+    assert "validating on" not in err and "no transfer images left" not in err
+
+
+def test_unpaired_names_show_an_example_of_each_side_and_no_blank_table(synth_dir, tmp_path, capsys):
+    d = tmp_path / "d"
+    (d / "images").mkdir(parents=True)
+    (d / "masks").mkdir()
+    for p in sorted((synth_dir / "images").glob("*.png"))[:3]:
+        (d / "images" / f"img{p.name}").write_bytes(p.read_bytes())
+        (d / "masks" / f"mask_img{p.name}").write_bytes((synth_dir / "masks" / p.name).read_bytes())
+    rc, out, _ = cli(capsys, "data", "check", d)
+    assert rc == 1
+    assert "image img0000.png has no mask" in out and "masks are named like mask_img0000.png" in out
+    assert "Data check" not in out and "layout" not in out  # no table of blanks

@@ -112,7 +112,7 @@ def test_predict_and_evaluate_empty_folder(tiny_model: Path, tmp_path: Path, cap
     empty.mkdir()
     rc, _, err = cli(capsys, "predict", tiny_model, empty, "--out", tmp_path / "out")
     assert rc == 2
-    assert only_error(err) == f"error: {empty}: no image files found"
+    assert only_error(err) == f"error: {empty}: no image files found (the folder is empty)"
     rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", empty, "--out", tmp_path / "e.csv")
     assert rc == 2
     assert f"{empty}: no known layout" in only_error(err)

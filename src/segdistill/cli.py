@@ -217,8 +217,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(f"error: {e}")
     if len(report.errors) > args.max_lines:
         print(f"... and {len(report.errors) - args.max_lines} more errors")
-    rows = [{"check": k, "result": v} for k, v in report.summary().items()]
-    print(format_table(rows, title=f"\nData check: {args.dir}"))
+    if report.layout:  # discovery failed otherwise: the error says why, and a table would be blank
+        rows = [{"check": k, "result": v} for k, v in report.summary().items()]
+        print(format_table(rows, title=f"\nData check: {args.dir}"))
     print("OK: training can use this data" if report.ok else "FAILED: training would stop on the errors above")
     return 0 if report.ok else 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data.discovery import list_images, resolve_image_dir
+from ..data.discovery import list_images, no_images_message, resolve_image_dir
 from ..errors import DataError
 
 
@@ -18,7 +18,8 @@ def collect_inputs(source: str | Path | list[str] | list[Path], recursive: bool 
     for src in sources:
         found, _ = list_images(src, recursive)
         if not found:
-            raise DataError(f"{src}: no image files found")
+            folder = Path(src)
+            raise DataError(no_images_message(resolve_image_dir(folder)) if folder.is_dir() else f"{src}: no image files found")
         for f in found:
             if f.resolve() not in seen:  # a file named twice is predicted once
                 seen.add(f.resolve())
