@@ -121,3 +121,28 @@ def test_unpaired_names_show_an_example_of_each_side_and_no_blank_table(synth_di
     assert rc == 1
     assert "image img0000.png has no mask" in out and "masks are named like mask_img0000.png" in out
     assert "Data check" not in out and "layout" not in out  # no table of blanks
+
+
+# 6. resuming a finished run ----------------------------------------------------------------------
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(tiny_model, synth_dir, tmp_path, capsys):
+    from .conftest import TINY_TRAIN
+
+    assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "t", *TINY_TRAIN]) == 0
+    before = (tmp_path / "t" / "history.csv").read_text()
+    capsys.readouterr()
+    rc, out, err = cli(capsys, "train", "--resume", tmp_path / "t")
+    assert rc == 0
+    assert (f"run {tmp_path / 't'} is complete (2 of 2 epochs); nothing to do - edit train.epochs in its config.yaml "
+            "to extend it") in err
+    assert "resuming" not in err and "Training summary" not in err and out == ""
+    assert (tmp_path / "t" / "history.csv").read_text() == before
+    assert main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--output-dir",
+                 str(tmp_path), "--name", "d", "--epochs", "1", "--input-size", "32",
+                 "--set", "train.samples_per_epoch=4", "--set", "distill.student.args.base=2",
+                 "--set", "distill.student.args.depth=2"]) == 0
+    capsys.readouterr()
+    rc, out, err = cli(capsys, "distill", "--resume", tmp_path / "d")
+    assert rc == 0 and f"run {tmp_path / 'd'} is complete (1 of 1 epochs)" in err
+    assert "Distillation report" not in err and out == ""

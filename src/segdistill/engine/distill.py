@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 import math
 import random
@@ -35,7 +36,17 @@ from ..runtime import autocast, resolve_workers, select_device, set_threads, use
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, capture, end_epoch_plan, make_clock, open_run, resume_from, start_run, validates
+from .run import (
+    Recorder,
+    capture,
+    complete_message,
+    end_epoch_plan,
+    make_clock,
+    open_run,
+    resume_from,
+    start_run,
+    validates,
+)
 from .targets import build_target_cache, mean_foreground
 from .train import fit
 
@@ -220,6 +231,13 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     if world_size() > 1:
         raise ConfigError("distill runs in a single process; launch it without torchrun")
     cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    done = complete_message(cfg, run_dir, state)
+    report_path = run_dir / "distill_report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
+    # Without the report of these epochs (killed after the last one), the resume writes it.
+    if done is not None and state is not None and report.get("epochs") == len(state.get("history", [])):
+        log.info(done)
+        return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
     cfg = student_config(cfg)
     set_threads(cfg.threads)

@@ -138,6 +138,23 @@ def resume_from(run_dir: Path, state: dict[str, Any], parts: dict[str, Any], rec
     return state["epoch"] + 1
 
 
+def complete_message(cfg: Config, run_dir: Path, state: dict[str, Any] | None) -> str | None:
+    """Why a run to resume has nothing left to do (all its epochs, or an early stop), else None."""
+    if state is None:
+        return None
+    done = int(state["epoch"])
+    planned = int(state.get("planned_epochs", cfg.train.epochs)) if cfg.train.time_budget else cfg.train.epochs
+    patience = cfg.train.early_stopping
+    if done >= planned:
+        how = f"{done} of {planned} epochs"
+    elif patience and int(state.get("stale", 0)) >= patience:
+        how = f"stopped early at epoch {done} of {planned}: no better validation IoU for {patience} validations"
+    else:
+        return None
+    return (f"run {run_dir} is complete ({how}); nothing to do - edit train.epochs in its config.yaml "
+            "to extend it")
+
+
 def make_clock(cfg: Config, state: dict | None, started: float, final_views: int = 1) -> RunClock:
     """The run's epoch plan: ``train.epochs``, or with a time budget the epochs that fit (a resumed
     budgeted run finishes the epochs planned before it stopped)."""

@@ -38,7 +38,17 @@ from ..report import format_table
 from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, capture, end_epoch_plan, make_clock, open_run, resume_from, start_run, validates
+from .run import (
+    Recorder,
+    capture,
+    complete_message,
+    end_epoch_plan,
+    make_clock,
+    open_run,
+    resume_from,
+    start_run,
+    validates,
+)
 from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
 log = logging.getLogger("segdistill")
@@ -192,6 +202,13 @@ def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False, 
     """
     started = time.monotonic() if started is None else started
     cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    done = complete_message(cfg, run_dir, state)
+    if done is not None and not _tta_pending(cfg, run_dir):
+        assert state is not None
+        log.info(done)
+        rec = Recorder(run_dir, "")
+        rec.load(state)
+        return FitResult(run_dir, rec.history, rec.best_row())
     set_threads(cfg.threads)
     device = select_device(cfg.device)
     distributed = init_distributed(device)
@@ -248,6 +265,12 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     if rec.main:
         _log_summary(cfg, run_dir, data, rec, cp, t_run)
     return FitResult(run_dir, rec.history, rec.best_row())
+
+
+def _tta_pending(cfg: Config, run_dir: Path) -> bool:
+    """A run killed after its last epoch but before its TTA evaluation (which the resume then does)."""
+    path = run_dir / "metrics.json"
+    return cfg.train.tta > 1 and path.is_file() and "tta" not in json.loads(path.read_text(encoding="utf-8"))
 
 
 def _train_epoch(model: nn.Module, loss_fn: LossFn, opt: Optimization, loader: DataLoader, cp: Compute, cfg: Config,
