@@ -9,6 +9,7 @@ import pytest
 from segdistill.cli import main
 from segdistill.config import load_config
 from segdistill.data.discovery import discover
+from segdistill.engine.distill_report import two_digits
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -146,3 +147,39 @@ def test_resume_of_a_finished_run_says_it_is_complete(tiny_model, synth_dir, tmp
     rc, out, err = cli(capsys, "distill", "--resume", tmp_path / "d")
     assert rc == 0 and f"run {tmp_path / 'd'} is complete (1 of 1 epochs)" in err
     assert "Distillation report" not in err and out == ""
+
+
+# 7. the distillation report ----------------------------------------------------------------------
+
+
+def test_distill_report_keys_warning_and_log_lines(tiny_model, synth_dir, tmp_path, capsys):
+    # tiny_model is a base-4 U-Net: a base-8 student is larger than its teacher.
+    rc, out, err = cli(capsys, "distill", "--teacher", tiny_model, "--images", synth_dir / "images", "--data", synth_dir,
+                       "--baseline", "--output-dir", tmp_path, "--name", "big", "--epochs", "1", "--input-size", "32",
+                       "--set", "train.samples_per_epoch=4", "--set", "distill.student.args.base=8",
+                       "--set", "distill.student.args.depth=2")
+    assert rc == 0, err
+    r = json.loads((tmp_path / "big" / "distill_report.json").read_text())
+    for part in ("teacher", "student", "baseline_labels_only"):
+        assert "val_iou" in r[part] and "val_dice" in r[part] and "val IoU" not in r[part]
+    assert "cpu_ms" in r["student"] and "gflops" in r["student"]
+    assert "not smaller than its teacher" in err
+    assert "compression 0.0x" not in err
+    line = next(x for x in err.splitlines() if x.startswith("compression "))
+    assert line.split()[1] == two_digits(r["compression"]) + "x,"
+    assert "Training summary" not in err  # the twin's run is one line, not a summary mid-report
+    assert "labels-only twin: best val IoU" in err
+
+
+def test_unlabelled_distill_lines_say_agreement(tiny_model, synth_dir, tmp_path, capsys):
+    rc, _, err = cli(capsys, "distill", "--teacher", tiny_model, "--images", synth_dir / "images", "--output-dir", tmp_path,
+                     "--epochs", "1", "--input-size", "32", "--set", "train.samples_per_epoch=4",
+                     "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2")
+    assert rc == 0
+    line = next(x for x in err.splitlines() if x.startswith("distill 1/1"))
+    assert "agreement 0." in line and "IoU" not in line
+    assert all(len(word) == 6 for word in line.split()[3:6:2])  # 0.1234: four decimals
+
+
+def test_two_significant_digits():
+    assert [two_digits(x) for x in (0.0531, 0.7, 1.43, 16.3, 253.4)] == ["0.053", "0.70", "1.4", "16", "253"]

@@ -254,7 +254,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     clock = make_clock(cfg, state, started, final_views=2)  # the report runs teacher and student once more
     params = list(student.parameters()) + list(kd.parameters())
     opt = build_optimization(cfg, student, params, len(data.train_loader), clock.epochs, cp.amp_dtype)
-    rec = Recorder(run_dir, f"{cfg.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None)
+    rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
+                   labelled=data.val_key == "mask")
     parts = {"model": student, "kd": kd, **opt.parts()}
     epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
     teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
@@ -321,9 +322,20 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
     bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
     bcfg.train.time_budget = None  # as many epochs as the student got (a budget was spent on it)
     bcfg.train.epochs = len(_history(run_dir)) or cfg.train.epochs
-    log.info("training the labels-only twin of the student (%d epochs)", bcfg.train.epochs)
-    res = fit(bcfg, overwrite=True)
+    log.info("training the labels-only twin of the student (%d epochs, in %s)", bcfg.train.epochs, run_dir / "baseline")
+    quiet = log.level
+    log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its epoch lines would interleave with the report
+    try:
+        res = fit(bcfg, overwrite=True)
+    finally:
+        log.setLevel(quiet)
+    log.info("labels-only twin: best val IoU %s at epoch %d of %d", _fmt4(res.best.get("val_iou")),
+             res.best.get("epoch", 0), len(res.history))
     return {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
+
+
+def _fmt4(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:

@@ -186,6 +186,9 @@ of small models would otherwise spend again every epoch), always at the last epo
 # The log line: row key -> label, in this order (keys a loop does not record are left out).
 _LOGGED = (("train_loss", "loss"), ("val_loss", "val loss"), ("val_iou", "IoU"), ("val_dice", "Dice"),
            ("agreement_iou", "agreement"))
+# Without labels the validation scores are the agreement with the teacher (agreement_iou repeats it).
+_LOGGED_UNLABELLED = (("train_loss", "loss"), ("val_loss", "val loss"), ("val_iou", "agreement"),
+                      ("val_dice", "agreement Dice"))
 
 
 @dataclass
@@ -198,6 +201,8 @@ class Recorder:
         label: first word of the log line ("epoch", "distill").
         lr: the configured learning rate, named in the collapse warning.
         validated: False when the run has no validation at all: then the latest model is kept.
+        labelled: False when validation compares with a teacher, not labels: the log line then calls
+            ``val_iou`` agreement.
     """
 
     run_dir: Path
@@ -205,6 +210,7 @@ class Recorder:
     label: str = "epoch"
     lr: float = 0.0
     validated: bool = True
+    labelled: bool = True
     main: bool = field(default_factory=is_main_process)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_iou: float = -1.0
@@ -261,7 +267,8 @@ class Recorder:
             self.plot()
         save_state(self.run_dir / "state.safetensors", state)
         fields = [f"{self.label} {row['epoch']}/{clock.epochs}"]
-        fields += [f"{name} {_fmt(row[key])}" for key, name in _LOGGED if key in row]
+        logged = _LOGGED if self.labelled else _LOGGED_UNLABELLED
+        fields += [f"{name} {_fmt(row[key])}" for key, name in logged if key in row]
         fields += [f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s", f"ETA {clock.eta(row['epoch'])}"]
         log.info("  ".join(fields) + ("  *best*" if self.improved else ""))
 
