@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -183,3 +184,25 @@ def test_unlabelled_distill_lines_say_agreement(tiny_model, synth_dir, tmp_path,
 
 def test_two_significant_digits():
     assert [two_digits(x) for x in (0.0531, 0.7, 1.43, 16.3, 253.4)] == ["0.053", "0.70", "1.4", "16", "253"]
+
+
+# 9. the Python API -------------------------------------------------------------------------------
+
+
+def test_fit_and_distill_take_a_dict(synth_dir, tiny_model, tmp_path):
+    import segdistill as sd
+    from segdistill.errors import SegdistillError
+
+    tiny = {"model": {"args": {"base": 4, "depth": 2}}, "output_dir": str(tmp_path),
+            "train": {"epochs": 1, "batch_size": 4, "input_size": 32, "samples_per_epoch": 4}}
+    run = sd.fit({"data": {"root": str(synth_dir)}, "name": "f", **tiny})
+    assert run.run_dir == tmp_path / "f" and len(run.history) == 1
+    res = sd.distill({"distill": {"teacher": str(tiny_model), "images": [str(synth_dir / "images")],
+                                  "student": {"args": {"base": 2, "depth": 2}}}, "name": "d", **tiny})
+    assert (res.run_dir / "distill_report.json").is_file()
+    with pytest.raises(SegdistillError, match="unknown key 'epoch'"):
+        sd.fit({"train": {"epoch": 3}})
+    with pytest.raises(SegdistillError, match="fit takes a Config .* or a dict of config keys, not list"):
+        sd.fit(["data.root=x"])  # type: ignore[arg-type]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "logging.basicConfig(level=logging.INFO" in readme

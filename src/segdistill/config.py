@@ -319,6 +319,17 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     return cfg
 
 
+def as_config(cfg: Config | dict[str, Any], what: str) -> Config:
+    """``cfg`` as a Config: a dict of config keys (nested as in the YAML file) is built and checked
+    like a file; anything else is a one-line error naming what ``what`` takes."""
+    if isinstance(cfg, Config):
+        return cfg
+    if isinstance(cfg, dict):
+        return config_from_dict(cfg)
+    raise ConfigError(f"{what} takes a Config (segdistill.load_config(...)) or a dict of config keys, "
+                      f"not {type(cfg).__name__}")
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 

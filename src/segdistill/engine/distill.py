@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
-from ..config import Config, validate_distill
+from ..config import Config, as_config, validate_distill
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import collect_images, discover
 from ..distributed import world_size
@@ -224,13 +224,14 @@ def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | No
     return transfer, val_items, label_of
 
 
-def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
+def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
             started: float | None = None) -> DistillResult:
-    """Run a configured distillation; see the module docstring. ``started``: as in ``fit``."""
+    """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
+    see the module docstring. ``started``: as in ``fit``."""
     started = time.monotonic() if started is None else started
     if world_size() > 1:
         raise ConfigError("distill runs in a single process; launch it without torchrun")
-    cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
     done = complete_message(cfg, run_dir, state)
     report_path = run_dir / "distill_report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..checkpoint import ModelInfo, load_model
-from ..config import Config
+from ..config import Config, as_config
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
@@ -193,15 +193,18 @@ class FitResult:
     best: dict[str, Any]
 
 
-def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False, started: float | None = None) -> FitResult:
-    """Train the configured model; returns the run folder, history and best metrics.
+def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
+        started: float | None = None) -> FitResult:
+    """Train the configured model (``cfg``: a Config, or a dict of config keys such as
+    ``{"data": {"root": "DIR"}}``); returns the run folder, history and best metrics. Progress goes
+    to the ``segdistill`` logger (``logging.basicConfig(level=logging.INFO)`` shows it).
 
     With ``resume`` (a run folder), the saved config and state are restored and training goes on
     from the last complete epoch as if it had never stopped. ``started`` (``time.monotonic()``) is
     when a time budget's clock started; default: now.
     """
     started = time.monotonic() if started is None else started
-    cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "fit"), resume, overwrite)
     done = complete_message(cfg, run_dir, state)
     if done is not None and not _tta_pending(cfg, run_dir):
         assert state is not None
