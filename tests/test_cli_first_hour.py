@@ -206,3 +206,65 @@ def test_fit_and_distill_take_a_dict(synth_dir, tiny_model, tmp_path):
         sd.fit(["data.root=x"])  # type: ignore[arg-type]
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "logging.basicConfig(level=logging.INFO" in readme
+
+
+# 10. small things --------------------------------------------------------------------------------
+
+
+def test_curves_show_one_epoch_and_whole_epoch_ticks():
+    import matplotlib.pyplot as plt
+
+    from segdistill.report import curves_figure
+
+    row = {"train_loss": 0.5, "val_loss": 0.6, "val_iou": 0.3, "val_dice": 0.4}
+    fig = curves_figure([{"epoch": 1, **row}], "t1: unet")
+    assert all(line.get_marker() == "o" for ax in fig.axes for line in ax.get_lines())
+    plt.close(fig)
+    fig = curves_figure([{"epoch": 1, **row}, {"epoch": 2, **row}])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    plt.close(fig)
+
+
+def test_run_details_title_duration_and_learning_rates(synth_dir, tmp_path, capsys):
+    import csv
+
+    from .conftest import TINY_TRAIN
+
+    rc, _, err = cli(capsys, "train", "--data", synth_dir, "--output-dir", tmp_path, "--name", "t1", *TINY_TRAIN,
+                     "--epochs", "3", "--set", "train.warmup_epochs=1", "--lr", "0.0013")
+    assert rc == 0
+    summary = err[err.index("Training summary"):]
+    assert "minutes" not in summary and "time" in summary
+    for row in csv.DictReader(open(tmp_path / "t1" / "history.csv")):
+        assert float(row["lr"]) == float(f"{float(row['lr']):.6g}")
+    from segdistill.engine import train as train_mod
+
+    assert train_mod._sig6(0.0007502499999999999) == 0.00075025
+
+
+def test_curves_title_is_the_run_folder(synth_dir, tmp_path, monkeypatch):
+    from segdistill.engine import run as run_mod
+
+    from .conftest import TINY_TRAIN
+
+    titles = []
+    monkeypatch.setattr(run_mod, "plot_curves", lambda path, history, title: titles.append(title))
+    for _ in range(2):  # the second run goes to t-2
+        assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "t", *TINY_TRAIN,
+                     "--epochs", "1"]) == 0
+    assert titles[0].startswith("t: ") and titles[-1].startswith("t-2: ")
+
+
+def test_data_synth_refuses_a_folder_that_holds_files(tmp_path, capsys):
+    rc, out, _ = cli(capsys, "data", "synth", tmp_path / "s", "--count", "3", "--size", "16")
+    assert rc == 0
+    rc, _, err = cli(capsys, "data", "synth", tmp_path / "s", "--count", "1", "--size", "16")
+    assert rc == 2 and f"error: {tmp_path / 's'}: not empty (holds images, masks)" in err
+    assert len(list((tmp_path / "s" / "images").iterdir())) == 3
+    rc, out, _ = cli(capsys, "data", "synth", tmp_path / "s", "--count", "1", "--size", "16", "--overwrite")
+    assert rc == 0 and out.startswith("1 image/mask pair written")
+    assert [p.name for p in (tmp_path / "s" / "images").iterdir()] == ["0000.png"]
+    assert [p.name for p in (tmp_path / "s" / "masks").iterdir()] == ["0000.png"]

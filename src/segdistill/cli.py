@@ -197,8 +197,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import make_synthetic_dataset
 
-    out = make_synthetic_dataset(args.out, args.count, args.size, args.seed, args.rgb, args.vary_size)
-    print(f"{args.count} image/mask pairs written to {out}/images and {out}/masks")
+    out = make_synthetic_dataset(args.out, args.count, args.size, args.seed, args.rgb, args.vary_size, args.overwrite)
+    pairs = "pair" if args.count == 1 else "pairs"
+    print(f"{args.count} image/mask {pairs} written to {out}/images and {out}/masks")
     return 0
 
 
@@ -341,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rgb", action="store_true")
     p.add_argument("--vary-size", action="store_true", help="vary image sizes (0.75x-1.25x)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT/images and OUT/masks of a folder that holds files")
     p.set_defaults(fn=cmd_data_synth)
     p = data.add_parser("check", help="check a data folder before training")
     p.add_argument("dir")

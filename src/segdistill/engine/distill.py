@@ -273,7 +273,7 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
         t_val = time.perf_counter()
         m = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else {}
         row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
-               "agreement_iou": m.get("agreement"), "lr": opt.optimizer.param_groups[0]["lr"],
+               "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}"),
                "seconds": round(time.perf_counter() - t0, 2)}
         rec.update(row, m)
         if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if m else None, device):

@@ -36,6 +36,7 @@ from ..losses import LossFn, make_task_loss
 from ..models import create_model, resolved_args
 from ..report import format_table
 from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
+from .clock import format_duration
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import (
@@ -230,7 +231,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     opt = build_optimization(cfg, model, list(model.parameters()), len(data.train_loader), clock.epochs, cp.amp_dtype)
     pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
-    rec = Recorder(run_dir, f"{cfg.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
+    rec = Recorder(run_dir, f"{run_dir.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
     parts = {"model": model, **opt.parts()}
     epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
     train_model = _wrap(model, cfg, cp.device, distributed)
@@ -251,7 +252,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         (iou,) = broadcast_floats([result.metrics.get("iou", -1.0)], cp.device)  # every rank decides alike
         row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": _round(result.loss),
                "val_iou": None if iou < 0 else round(iou, 6), "val_dice": _round(result.metrics.get("dice")),
-               "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+               "lr": _sig6(opt.optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 2)}
         improved = rec.update(row, result.metrics)
         if end_epoch_plan(clock, epoch, val_seconds, cp.device):
             opt.set_epochs(clock.epochs)
@@ -314,9 +315,14 @@ def _log_summary(cfg: Config, run_dir: Path, data: RunData, rec: Recorder, cp: C
                            "val IoU": best.get("val_iou"), "val Dice": best.get("val_dice")}
     if cfg.train.tta > 1 and data.val_loader is not None and (run_dir / "model.safetensors").exists():
         row.update(_evaluate_with_tta(cfg, data, run_dir, cp))
-    row["minutes"] = round((time.perf_counter() - t_run) / 60, 2)
+    row["time"] = format_duration(time.perf_counter() - t_run)
     log.info("\n%s\n", format_table([row], title="Training summary"))
     log.info("model: %s", run_dir / "model.safetensors")
+
+
+def _sig6(lr: float) -> float:
+    """A learning rate to 6 significant digits: 0.00075025, not 0.0007502499999999999."""
+    return float(f"{lr:.6g}")
 
 
 def _round(v: float | None) -> float | None:
