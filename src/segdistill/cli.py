@@ -209,7 +209,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     overrides = [_override("data.root", args.dir)] + (["data.invert=true"] if args.invert else []) + list(args.overrides)
     cfg = load_config(args.config, overrides)
-    report = check_data(cfg.data, cfg.seed)
+    report = check_data(cfg.data, cfg.seed, cfg.train.input_size)
     for w in report.warnings[: args.max_lines]:
         print(f"warning: {w}")
     if len(report.warnings) > args.max_lines:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .. import __version__
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config, as_config
+from ..data.check import crop_warning, image_sizes
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
@@ -142,6 +143,9 @@ def build_run_data(cfg: Config, device: torch.device, run_dir: Path | None = Non
     else:
         pre = build_preprocess(cfg, [p.image for p in split.train])
     length = cfg.train.samples_per_epoch or len(split.train)
+    crops = crop_warning(cfg.train.input_size, image_sizes([p.image for p in split.train]))
+    if crops and is_main_process() and state is None:  # once, when the run starts
+        log.warning(crops)
 
     def crops(items: list[Item], seed: int) -> SegDataset:
         return SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
