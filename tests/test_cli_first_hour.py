@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -284,3 +285,46 @@ def test_crops_larger_than_the_images_are_a_warning(synth_dir, tmp_path, capsys)
                      "--set", "train.samples_per_epoch=2", "--batch-size", "2",
                      "--set", "model.args.base=4", "--set", "model.args.depth=2")
     assert rc == 0 and err.count(expected) == 1
+
+
+# 5. flags as helpful as config keys --------------------------------------------------------------
+
+
+def test_quiet_after_the_subcommand_and_evaluate_takes_a_config(tiny_model, synth_dir, tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("predict:\n  threshold: 0.99\n")
+    rc, out, err = cli(capsys, "evaluate", tiny_model, "--data", synth_dir, "--out", tmp_path / "e.csv", "-q",
+                       "-c", cfg, "--set", "device=cpu")
+    assert rc == 0 and err == "" and out == ""
+    assert json.loads((tmp_path / "e.json").read_text())["threshold"] == 0.99
+
+
+def test_misspelt_flag_gets_the_subcommands_usage_and_a_suggestion(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", "d", "--eopchs", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("usage: segdistill train ")
+    assert "error: unrecognized arguments: --eopchs 3 (did you mean --epochs?)" in err
+
+
+def test_help_texts_models_and_config_comments(capsys):
+    from segdistill.cli import build_parser
+    from segdistill.config import default_config_yaml
+
+    parser = build_parser()
+    assert "train a model on images and masks" in parser.description
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, flag in (("train", "--epochs"), ("train", "--lr"), ("predict", "--threshold"), ("distill", "--targets"),
+                       ("evaluate", "--threshold")):
+        action = next(a for a in subs[name]._actions if flag in a.option_strings)
+        assert action.help, f"{name} {flag} has no help"
+    assert "default 30" in next(a for a in subs["train"]._actions if "--epochs" in a.option_strings).help
+    synth = next(a for a in subs["data"]._actions if isinstance(a, argparse._SubParsersAction)).choices["synth"]
+    assert "default 64" in next(a for a in synth._actions if "--count" in a.option_strings).help
+    rc, out, _ = cli(capsys, "models")
+    rows = {line.split()[0]: line for line in out.splitlines()[2:]}
+    assert rows["unet_nano"].split()[1:3] == ["4", "4"] and rows["unet_large"].split()[1:3] == ["64", "4"]
+    assert len({line.split("M", 1)[1].strip() for line in rows.values()}) == len(rows)  # one description each
+    missing = [line for line in default_config_yaml().splitlines()[2:] if "#" not in line]
+    assert missing == []
