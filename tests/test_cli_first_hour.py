@@ -174,10 +174,10 @@ def test_distill_report_keys_warning_and_log_lines(tiny_model, synth_dir, tmp_pa
 
 
 def test_unlabelled_distill_lines_say_agreement(tiny_model, synth_dir, tmp_path, capsys):
-    rc, _, err = cli(capsys, "distill", "--teacher", tiny_model, "--images", synth_dir / "images", "--output-dir", tmp_path,
+    rc, _, err = cli(capsys, "distill", "--teacher", tiny_model.parent, "--images", synth_dir / "images", "--output-dir", tmp_path,
                      "--epochs", "1", "--input-size", "32", "--set", "train.samples_per_epoch=4",
                      "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2")
-    assert rc == 0
+    assert rc == 0 and f"{tiny_model.parent} is a run folder: using its model" in err  # item 4: a run folder as teacher
     line = next(x for x in err.splitlines() if x.startswith("distill 1/1"))
     assert "agreement 0." in line and "IoU" not in line
     assert all(len(word) == 6 for word in line.split()[3:6:2])  # 0.1234: four decimals

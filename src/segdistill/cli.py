@@ -205,6 +205,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         _check_resume_alone(args)
         distill(None, resume=args.resume, started=STARTED)  # type: ignore[arg-type]
         return 0
+    if args.teacher:
+        args.teacher = _model_file(args.teacher)
     cfg = _config_from_args(args)
     result = distill(cfg, overwrite=args.overwrite, started=STARTED)
     print(f"results: {result.run_dir}")
@@ -344,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
-    p.add_argument("--teacher", help="teacher model file")
+    p.add_argument("--teacher", help="teacher model file (or a run folder: its model.safetensors)")
     p.add_argument("--images", help="folder of transfer images (labels not needed)")
     p.add_argument("--data", help="optional labelled data for validation (and alpha)")
     p.add_argument("--student", help="student model name")
