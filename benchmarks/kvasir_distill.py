@@ -60,7 +60,7 @@ def _pair(overrides: list[str], test: str) -> dict[str, Any]:
     out: dict[str, Any] = {"run_dir": str(r.run_dir), "minutes": minutes}
     for kind, model in (("distilled", r.run_dir / "model.safetensors"),
                         ("labels only", r.run_dir / "baseline" / "model.safetensors")):
-        out[kind] = evaluate_model(model, Path(test), out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
+        out[kind] = evaluate_model(model, Path(test), all_images=True, out=r.run_dir / f"test_{kind.replace(' ', '_')}.csv").metrics
     return out
 
 
@@ -105,7 +105,7 @@ def main() -> None:
     test = data / "test"
     tm, tinfo = load_model(teacher)
     size, ch = args.input_size, tinfo.preprocess.in_channels
-    t_eval = evaluate_model(teacher, test, out=out / "teacher_test.csv").metrics
+    t_eval = evaluate_model(teacher, test, all_images=True, out=out / "teacher_test.csv").metrics
     rows = [{"model": "teacher " + ", ".join(f"{k} {tinfo.args.get(k)}" for k in ("base", "depth")), "params": count_params(tm),
              "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": cpu_latency_ms(tm, ch, size),
              "test IoU": t_eval["iou"], "test Dice": t_eval["dice"], "minutes": teacher_minutes}]

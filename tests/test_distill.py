@@ -28,7 +28,7 @@ def test_unlabelled_distillation_end_to_end(tiny_model, synth_dir, tmp_path, cap
                  "--set", f"train.precision={precision}", quiet=False)
     assert f"cpu, {precision}" in capsys.readouterr().err  # the precision asked for is the one used
     assert "agreement" in r["validation"]
-    assert r["student"]["val IoU"] is None and 0 <= r["student"]["agreement"] <= 1
+    assert r["student"]["val_iou"] is None and 0 <= r["student"]["agreement"] <= 1
     assert r["compression"] > 1 and r["teacher_forward_passes"] == 12
     info = read_model_info(tmp_path / "u" / "model.safetensors")
     assert info.arch == "unet" and info.args["base"] == 2
@@ -59,7 +59,7 @@ def test_labelled_validation_with_baseline_and_keras_teacher(synth_dir, tmp_path
     r = _distill(tmp_path / "k" / "model.safetensors", synth_dir / "images", tmp_path, "d", "--data", str(synth_dir), "--baseline",
                  "--set", f"distill.cache_dir={tmp_path / 'cache'}")
     assert r["validation"] == "labels"
-    assert r["teacher"]["val IoU"] is not None and r["student"]["val IoU"] is not None
+    assert r["teacher"]["val_iou"] is not None and r["student"]["val_iou"] is not None
     assert r["baseline_labels_only"]["val_iou"] is not None
     assert (tmp_path / "d" / "baseline" / "model.safetensors").is_file()
     # validation images never serve as transfer images

@@ -112,7 +112,7 @@ def test_predict_and_evaluate_empty_folder(tiny_model: Path, tmp_path: Path, cap
     empty.mkdir()
     rc, _, err = cli(capsys, "predict", tiny_model, empty, "--out", tmp_path / "out")
     assert rc == 2
-    assert only_error(err) == f"error: {empty}: no image files found"
+    assert only_error(err) == f"error: {empty}: no image files found (the folder is empty)"
     rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", empty, "--out", tmp_path / "e.csv")
     assert rc == 2
     assert f"{empty}: no known layout" in only_error(err)
@@ -234,7 +234,7 @@ def test_truncated_mask(data: Path, tiny_model: Path, tmp_path: Path, capsys: py
     rc, out, _ = cli(capsys, "data", "check", data)
     assert rc == 1
     assert f"error: {mask}: corrupt or truncated image" in out
-    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv")
+    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv", "--all")
     assert rc == 2
     assert only_error(err).startswith(f"error: {mask}: corrupt or truncated image")
 
@@ -254,7 +254,7 @@ def test_image_mask_size_mismatch(data: Path, tiny_model: Path, tmp_path: Path, 
     assert rc == 2
     assert only_error(err) == expected
     assert not (tmp_path / "runs").exists()
-    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv")
+    rc, _, err = cli(capsys, "evaluate", tiny_model, "--data", data, "--out", tmp_path / "e.csv", "--all")
     assert rc == 2
     assert only_error(err) == expected
 
@@ -449,7 +449,7 @@ def test_tiny_images_predict(size: tuple[int, int], tiny_model: Path, tmp_path: 
     Image.fromarray(np.full((h, w), 128, np.uint8)).save(src)
     rc, out, err = cli(capsys, "predict", tiny_model, src, "--out", tmp_path / "out", "--probs")
     assert rc == 0, err
-    assert out.startswith("1 masks written")
+    assert out.startswith("1 mask written")
     mask = Image.open(tmp_path / "out" / "px" / "px.png")
     assert mask.size == (w, h)
     assert set(np.unique(np.asarray(mask)).tolist()) <= {0, 255}
@@ -495,7 +495,7 @@ def test_unicode_and_spaces_in_names(synth_dir: Path, tmp_path: Path, capsys: py
     for i, stem in enumerate(stems):
         shutil.copy(synth_dir / "images" / f"{i:04d}.png", d / "images" / f"{stem}.png")
         shutil.copy(synth_dir / "masks" / f"{i:04d}.png", d / "masks" / f"{stem}_mask.png")
-    rc, out, _ = cli(capsys, "data", "check", d)
+    rc, out, _ = cli(capsys, "data", "check", d, "--set", "train.input_size=64")  # 64 px images: no crop warning
     assert rc == 0 and "warning:" not in out
     rc, _, err = train(capsys, d, tmp_path / "runs ü")
     assert rc == 0, err
@@ -730,7 +730,7 @@ def test_model_whose_header_length_looks_like_a_pickle_loads(
     path.write_bytes(raw)
     rc, out, err = cli(capsys, "predict", path, synth_dir / "images" / "0000.png", "--out", tmp_path / "out")
     assert rc == 0, err
-    assert out.startswith("1 masks written")
+    assert out.startswith("1 mask written")
 
 
 class _Payload:
@@ -887,9 +887,15 @@ def test_predict_refuses_to_write_through_a_symlink(tiny_model: Path, synth_dir:
     (out / "x.png").symlink_to(victim)
     (tmp_path / "in").mkdir()
     shutil.copy(synth_dir / "images" / "0000.png", tmp_path / "in" / "x.png")
-    rc, _, err = cli(capsys, "predict", tiny_model, tmp_path / "in", "--out", tmp_path / "out")
-    assert rc == 2
-    assert only_error(err) == f"error: {out / 'x.png'}: output path would leave {out}; refusing to write it"
+    # predict on the command line writes to a fresh out/in-2 (or clears out/in with --overwrite);
+    # the library function writes where it is told, and must not follow the link.
+    from segdistill.inference.predictor import Predictor, predict_to_folder
+
+    with pytest.raises(DataError, match=f"{out / 'x.png'}: output path would leave {out}; refusing to write it"):
+        predict_to_folder(Predictor(tiny_model), tmp_path / "in", out)
+    assert victim.read_text() == "precious"
+    rc, _, err = cli(capsys, "predict", tiny_model, tmp_path / "in", "--out", tmp_path / "out", "--overwrite")
+    assert rc == 2 and "holds x.png, which predict does not write" in err
     assert victim.read_text() == "precious"
     with pytest.raises(DataError, match="would leave"):
         inside(out / "x.png", out)

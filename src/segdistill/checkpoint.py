@@ -65,6 +65,10 @@ class ModelInfo:
 
 def _sniff(path: Path) -> None:
     """Refuse files that are not safetensors before any parser sees them."""
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            raise ModelFileError(f"{path} is a run folder; its model is {path / 'model.safetensors'}")
+        raise ModelFileError(f"{path}: a folder, not a model file (expected a .safetensors file, e.g. RUN/model.safetensors)")
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     size = path.stat().st_size

@@ -3,6 +3,7 @@
 Errors caused by input (data, config, model files) print one line, ``error: ...``, and exit 2.
 """
 
+
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,18 @@ from .errors import SegdistillError
 
 log = logging.getLogger("segdistill")
 
+DESCRIPTION = """Binary segmentation with a U-Net: train a model on images and masks, measure it, predict masks for
+new images, and distil it into a small, fast student.
+
+First steps:
+  segdistill data check DATA_DIR                          is the data usable? (images/ + masks/)
+  segdistill train --data DATA_DIR                        train; prints the run folder
+  segdistill evaluate runs/NAME --data DATA_DIR           scores on the images training held out
+  segdistill predict runs/NAME new_images/                masks into predictions/new_images
+  segdistill distill --teacher runs/NAME --images DIR     a small student that copies the model
+  segdistill demo                                         all of it on built-in data
+'segdistill COMMAND -h' shows a command's options; docs/first-hour.md walks through them."""
+
 
 def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
     p.add_argument("--config", "-c", help="YAML config file")
@@ -24,14 +37,16 @@ def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--name", help="run name (folder under output_dir)")
     p.add_argument("--output-dir", help="where run folders go (default runs/)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    d = Config()
+    p.add_argument("--epochs", type=int, help=f"epochs to train (train.epochs, default {d.train.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"crops per step (train.batch_size, default {d.train.batch_size})")
     if student:  # distill trains the student at distill.lr, so that is what --lr sets there
-        p.add_argument("--lr", dest="student_lr", type=float, help="student learning rate (distill.lr)")
+        p.add_argument("--lr", dest="student_lr", type=float,
+                       help=f"student learning rate (distill.lr, default train.lr {d.train.lr:g})")
     else:
-        p.add_argument("--lr", type=float)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int)
+        p.add_argument("--lr", type=float, help=f"peak learning rate (train.lr, default {d.train.lr:g})")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (device, default auto)")
+    p.add_argument("--seed", type=int, help=f"random seed, also of the validation split (seed, default {d.seed})")
     p.add_argument("--time", type=float, metavar="MINUTES",
                    help="time budget (train.time_budget): fit the epochs so the run ends within it")
     _add_threads_arg(p)
@@ -118,44 +133,65 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluate import evaluate_model
     from .runtime import set_threads
 
-    set_threads(args.threads or "auto")
-    evaluate_model(args.model, args.data, out=args.out, threshold=args.threshold, device=args.device or "auto",
-                   invert=args.invert, max_side=args.max_side, tta=args.tta)
+    cfg = load_config(args.config, list(args.overrides))
+    set_threads(args.threads or cfg.threads)
+    threshold = args.threshold if args.threshold is not None else cfg.predict.threshold
+    evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=threshold, device=args.device or cfg.device,
+                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all)
     return 0
 
 
-def _prediction_folder_name(name: str | None, source: str) -> str:
-    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs)."""
+def _prediction_folder_name(name: str | None, sources: list[str]) -> str:
+    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs);
+    several files (a glob the shell expanded): their common folder's name."""
     from .inference.sources import safe_relative_name
 
     if name is None:
-        src = Path(source)
-        if any(ch in source for ch in "*?[") and not src.exists():
-            name = "glob"
+        if len(sources) > 1:
+            parents = {Path(s).resolve().parent for s in sources}
+            name = parents.pop().name if len(parents) == 1 else "inputs"
         else:
-            name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
+            source = sources[0]
+            src = Path(source)
+            if any(ch in source for ch in "*?[") and not src.exists():
+                name = "glob"
+            else:
+                name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
     if len(Path(name).parts) != 1:
         raise ConfigError(f"--name '{name}' must be a plain folder name (no slashes)")
     return str(safe_relative_name(Path(name + ".x"), None))
 
 
+def _model_file(path: str) -> str:
+    """A model file; a run folder (what ``train`` prints) stands for its model.safetensors."""
+    p = Path(path)
+    if p.is_dir() and (p / "model.safetensors").is_file():
+        log.info("%s is a run folder: using its model %s", p, p / "model.safetensors")
+        return str(p / "model.safetensors")
+    return path
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor, predict_to_folder
+    from .inference.predictor import Predictor, predict_to_folder, prediction_dir
+    from .inference.sources import collect_inputs
     from .runtime import set_threads
 
     cfg = load_config(args.config, list(args.overrides))
     set_threads(args.threads or cfg.threads)
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
-    predictor = Predictor(args.model, device=args.device or cfg.device, threshold=threshold,
+    predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
-    out = Path(args.out or p.output_dir) / _prediction_folder_name(args.name, args.input)
+    recursive = args.recursive or p.recursive
+    inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
+    out = prediction_dir(args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs)
     summary = predict_to_folder(
         predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
-        recursive=args.recursive or p.recursive, save_probs=args.probs or p.save_probs,
+        recursive=recursive, save_probs=args.probs or p.save_probs,
         save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
     )
-    print(f"{summary.written} masks written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
+    masks = "mask" if summary.written == 1 else "masks"
+    print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
     if summary.failed:
         print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
         return 1
@@ -169,6 +205,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         _check_resume_alone(args)
         distill(None, resume=args.resume, started=STARTED)  # type: ignore[arg-type]
         return 0
+    if args.teacher:
+        args.teacher = _model_file(args.teacher)
     cfg = _config_from_args(args)
     result = distill(cfg, overwrite=args.overwrite, started=STARTED)
     print(f"results: {result.run_dir}")
@@ -178,8 +216,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synth import make_synthetic_dataset
 
-    out = make_synthetic_dataset(args.out, args.count, args.size, args.seed, args.rgb, args.vary_size)
-    print(f"{args.count} image/mask pairs written to {out}/images and {out}/masks")
+    out = make_synthetic_dataset(args.out, args.count, args.size, args.seed, args.rgb, args.vary_size, args.overwrite)
+    pairs = "pair" if args.count == 1 else "pairs"
+    print(f"{args.count} image/mask {pairs} written to {out}/images and {out}/masks")
     return 0
 
 
@@ -189,7 +228,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
     overrides = [_override("data.root", args.dir)] + (["data.invert=true"] if args.invert else []) + list(args.overrides)
     cfg = load_config(args.config, overrides)
-    report = check_data(cfg.data, cfg.seed)
+    report = check_data(cfg.data, cfg.seed, cfg.train.input_size)
     for w in report.warnings[: args.max_lines]:
         print(f"warning: {w}")
     if len(report.warnings) > args.max_lines:
@@ -198,8 +237,9 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(f"error: {e}")
     if len(report.errors) > args.max_lines:
         print(f"... and {len(report.errors) - args.max_lines} more errors")
-    rows = [{"check": k, "result": v} for k, v in report.summary().items()]
-    print(format_table(rows, title=f"\nData check: {args.dir}"))
+    if report.layout:  # discovery failed otherwise: the error says why, and a table would be blank
+        rows = [{"check": k, "result": v} for k, v in report.summary().items()]
+        print(format_table(rows, title=f"\nData check: {args.dir}"))
     print("OK: training can use this data" if report.ok else "FAILED: training would stop on the errors above")
     return 0 if report.ok else 1
 
@@ -220,14 +260,16 @@ def cmd_config_init(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import create_model, list_models
+    from .models import create_model, list_models, model_description, resolved_args
     from .report import format_table
 
     rows = []
     for name in list_models():
         m = create_model(name)
-        rows.append({"model": name, "params (1 channel)": f"{sum(p.numel() for p in m.parameters()) / 1e6:.3f}M",
-                     "about": (type(m).__doc__ or "").strip().splitlines()[0]})
+        args = resolved_args(name)
+        rows.append({"model": name, "width (base)": args.get("base", ""), "depth": args.get("depth", ""),
+                     "params (1 channel)": f"{sum(p.numel() for p in m.parameters()) / 1e6:.3f}M",
+                     "about": model_description(name)})
     print(format_table(rows))
     return 0
 
@@ -242,16 +284,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segdistill", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="segdistill", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"segdistill {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = _Subcommands(parser.add_subparsers(dest="command", required=True))
 
     p = sub.add_parser("train", help="train a U-Net on images + masks")
     _add_config_args(p)
     p.add_argument("--data", help="data folder (images/+masks/, train/+val/, or Keras layout)")
     p.add_argument("--model", help="registered model name (see 'segdistill models')")
-    p.add_argument("--input-size", type=int, help="training crop size")
+    p.add_argument("--input-size", type=int, help="training crop size (train.input_size, default 256)")
     p.add_argument("--invert", action="store_true", default=None, help="foreground = mask zeros")
     p.add_argument("--unlabelled", metavar="DIR", help="folder of unlabelled images to self-train on (semi.images)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
@@ -260,11 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on labelled data")
-    p.add_argument("model", help="model .safetensors file")
+    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
     p.add_argument("--data", required=True, help="data folder with images and masks")
     p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
-    p.add_argument("--threshold", type=float)
-    p.add_argument("--device")
+    p.add_argument("--config", "-c", help="YAML config file (supplies device, threads, predict.threshold)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set predict.threshold=0.4 (repeatable)")
+    p.add_argument("--all", action="store_true",
+                   help="score every image; default: of an images/+masks/ folder, only the validation images "
+                        "the model's training held out (the val part of train/+val/ and Keras layouts)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's own, usually 0.5)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     p.add_argument("--invert", action=argparse.BooleanOptionalAction, default=None,
                    help="override the model's invert setting (--no-invert turns it off)")
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
@@ -274,61 +323,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
-    p.add_argument("model", help="model .safetensors file")
-    p.add_argument("input", help="image file, folder or glob")
-    p.add_argument("--config", "-c")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
+    p.add_argument("input", nargs="+", help="image files, folders or globs (all go to one output folder)")
+    p.add_argument("--config", "-c", help="YAML config file (its predict section)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set predict.tile_overlap=0.5 (repeatable)")
     p.add_argument("--out", help="output root (default predictions/)")
-    p.add_argument("--name", help="subfolder name (default: the input's name)")
-    p.add_argument("--threshold", type=float)
+    p.add_argument("--name", help="subfolder name (default: the input's name; NAME-2, -3... when it holds files)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="reuse predictions/NAME after removing its previous masks, probs and overlays")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: the model's own, usually 0.5)")
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--recursive", "-r", action="store_true")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 4)")
+    p.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta; 1 = off)")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_predict)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
-    p.add_argument("--teacher", help="teacher model file")
+    p.add_argument("--teacher", help="teacher model file (or a run folder: its model.safetensors)")
     p.add_argument("--images", help="folder of transfer images (labels not needed)")
     p.add_argument("--data", help="optional labelled data for validation (and alpha)")
     p.add_argument("--student", help="student model name")
-    p.add_argument("--targets", choices=["cached", "online"])
+    p.add_argument("--targets", choices=["cached", "online"],
+                   help="cached: the teacher predicts each image once (default); online: on every augmented batch")
     p.add_argument("--baseline", action="store_true", default=None, help="also train the student from labels alone")
     p.add_argument("--loss", dest="kd_loss", choices=["soft_bce", "soft_bce+dice", "cwd", "soft_bce+cwd"], help="distillation loss")
     p.add_argument("--temperature", type=float, help="soft-target temperature T")
     p.add_argument("--alpha", type=float, help="weight of the supervised loss on labels (0-1)")
-    p.add_argument("--input-size", type=int)
-    p.add_argument("--resume", metavar="RUN_DIR")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--input-size", type=int, help="training crop size (train.input_size, default 256)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="reuse runs/NAME instead of runs/NAME-2")
     p.set_defaults(fn=cmd_distill)
 
-    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    data = _Subcommands(sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True))
     p = data.add_parser("synth", help="write a procedural data set")
-    p.add_argument("out")
-    p.add_argument("--count", type=int, default=64)
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rgb", action="store_true")
+    p.add_argument("out", help="folder to write OUT/images and OUT/masks into")
+    p.add_argument("--count", type=int, default=64, help="image/mask pairs (default 64)")
+    p.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--rgb", action="store_true", help="colour images (default grey)")
     p.add_argument("--vary-size", action="store_true", help="vary image sizes (0.75x-1.25x)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT/images and OUT/masks of a folder that holds files")
     p.set_defaults(fn=cmd_data_synth)
     p = data.add_parser("check", help="check a data folder before training")
-    p.add_argument("dir")
-    p.add_argument("--config", "-c")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--invert", action="store_true")
-    p.add_argument("--max-lines", type=int, default=20)
+    p.add_argument("dir", help="data folder (images/+masks/, train/+val/, or Keras layout)")
+    p.add_argument("--config", "-c", help="YAML config file (its data section and train.input_size)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.val_fraction=0.1 (repeatable)")
+    p.add_argument("--invert", action="store_true", help="foreground = mask zeros")
+    p.add_argument("--max-lines", type=int, default=20, help="warnings and errors shown of each (default 20)")
     p.set_defaults(fn=cmd_data_check)
 
-    cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    cfg = _Subcommands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True))
     p = cfg.add_parser("init", help="write a commented default config")
     p.add_argument("path", nargs="?", help="file to write (default: print)")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(fn=cmd_config_init)
 
     p = sub.add_parser("models", help="list registered models")
@@ -345,9 +400,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subcommands:
+    """Adds subcommand parsers that also take -q after the command, and know themselves (so that an
+    unknown flag is reported with that command's usage and a "did you mean")."""
+
+    def __init__(self, action: argparse._SubParsersAction) -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+        p = self.action.add_parser(name, **kwargs)  # type: ignore[arg-type]
+        # SUPPRESS: unless given here, the top-level -q (or its default) stands.
+        p.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only warnings and errors")
+        p.set_defaults(parser=p)
+        return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that arguments the subcommand does not know are reported by the
+    subcommand (its usage), with the closest of its flags."""
+    import difflib
+
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        own: argparse.ArgumentParser = getattr(args, "parser", parser)
+        flags = [s for a in own._actions for s in a.option_strings if s.startswith("--")]
+        unknown = next((e for e in extra if e.startswith("-")), None)
+        close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1) if unknown else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        own.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     from .distributed import is_main_process
 
     level = logging.WARNING if args.quiet or not is_main_process() else logging.INFO

@@ -25,12 +25,16 @@ class DataConfig:
     root: str | None = None
     """Folder holding images/+masks/, train/+val/, or the Keras layout (train_images/0/, ...)."""
     layout: Literal["auto", "flat", "split", "keras", "explicit"] = "auto"
+    """auto (detect), flat (images/+masks/), split (train/+val/), keras, or explicit (train_images/... paths)."""
     train_images: str | None = None
     """Explicit layout: folder of training images (relative to root when root is set); also
     train_masks, val_images, val_masks."""
     train_masks: str | None = None
+    """Explicit layout: folder of training masks."""
     val_images: str | None = None
+    """Explicit layout: folder of validation images (optional; else val_fraction splits)."""
     val_masks: str | None = None
+    """Explicit layout: folder of validation masks."""
     keras_names: list[str] = field(
         default_factory=lambda: ["train_images", "train_masks", "val_images", "val_masks"]
     )
@@ -50,6 +54,7 @@ class DataConfig:
     max_side: int | None = None
     """Downscale images whose longer side exceeds this (predictions are scaled back)."""
     recursive: bool = False
+    """Also read images in subfolders (pairs then match by relative path)."""
     cache: bool = True
     """Keep decoded images in memory during training (small data sets, avoids re-decoding)."""
 
@@ -57,6 +62,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "unet"
+    """A registered model (segdistill models lists them with their sizes)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the named model (checked against its signature)."""
 
@@ -64,22 +70,39 @@ class ModelConfig:
 @dataclass
 class AugmentConfig:
     enabled: bool = True
+    """Augment training crops at all (false: plain random crops)."""
     hflip: float = 0.5
+    """Probability of a horizontal flip."""
     vflip: float = 0.5
+    """Probability of a vertical flip."""
     rot90: float = 0.5
+    """Probability of a random quarter turn."""
     affine: float = 0.3
+    """Probability of a random scale and rotation."""
     scale: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    """Range of the affine scale factor."""
     rotate: float = 30.0
+    """Largest affine rotation, in degrees (either way)."""
     elastic: float = 0.0
+    """Probability of an elastic deformation (0 = off)."""
     elastic_alpha: float = 12.0
+    """Strength of the elastic deformation, in pixels."""
     elastic_sigma: float = 8.0
+    """Smoothness of the elastic deformation field, in pixels."""
     brightness: float = 0.15
+    """Largest brightness change (fraction of the range)."""
     contrast: float = 0.15
+    """Largest contrast change (fraction)."""
     gamma: float = 0.15
+    """Largest gamma change (fraction)."""
     color_p: float = 0.5
+    """Probability of the brightness/contrast/gamma change."""
     noise: float = 0.02
+    """Standard deviation of the Gaussian noise added (fraction of the range)."""
     noise_p: float = 0.2
+    """Probability of adding noise."""
     blur_p: float = 0.1
+    """Probability of a slight Gaussian blur."""
 
 
 @dataclass
@@ -91,33 +114,51 @@ class TrainConfig:
     the learning-rate schedule are fitted so that the run, final evaluation included, ends within
     it. null = run train.epochs."""
     batch_size: int = 4
+    """Crops per optimiser step."""
     input_size: int = 256
+    """Side of the square training crops, in pixels (images smaller than this are reflect-padded)."""
     samples_per_epoch: int | None = None
     """Random crops per epoch; default: one per training image (raise it for small data sets)."""
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    """adamw, adam or sgd."""
     lr: float = 1e-3
+    """Peak learning rate (after warm-up)."""
     weight_decay: float = 1e-4
+    """Weight decay of the optimiser."""
     scheduler: Literal["cosine", "plateau", "none"] = "cosine"
+    """Learning-rate schedule: cosine (to min_lr), plateau (cut on a stalled validation IoU) or none."""
     warmup_epochs: int = 1
+    """Epochs of linear warm-up to lr."""
     plateau_patience: int = 5
+    """plateau scheduler: validations without a better IoU before the rate is cut."""
     plateau_factor: float = 0.5
+    """plateau scheduler: what the rate is multiplied by at each cut."""
     min_lr: float = 1e-6
+    """Lowest learning rate of the schedules."""
     loss: Literal["bce", "dice", "jaccard", "focal", "bce_dice", "lovasz", "bce_lovasz"] = "bce_dice"
+    """Task loss: bce, dice, jaccard, focal, bce_dice, lovasz or bce_lovasz (losses.py)."""
     pos_weight: float | Literal["auto"] | None = None
     """Weight of the positive class in BCE; "auto" = background/foreground pixel ratio (capped)."""
     early_stopping: int = 0
     """Stop after this many validations without a better IoU (0 = never)."""
     grad_clip: float | None = 1.0
+    """Clip the gradient norm to this (null = no clipping)."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto (chosen for the device; docs/training.md), fp32, bf16 or fp16."""
     channels_last: Literal["auto", "true", "false"] = "auto"
+    """auto, true or false: channels-last memory format (auto: chosen for the device; docs/training.md)."""
     num_workers: int | Literal["auto"] = "auto"
+    """Data-loading worker processes; auto picks from the free cores."""
     val_every: int = 1
+    """Validate every this many epochs (and always after the last)."""
     threshold: float = 0.5
+    """Probability above which a pixel is foreground; stored with the model."""
     tta: int = 1
     """Test-time augmentation views for the finished model (1, 2, 4 or 8 flips/turns): stored with
     it, so evaluate and predict use them; the best checkpoint is also evaluated with them at the end
     of training. Per-epoch validation stays a single pass (it picks the checkpoint, cheaply)."""
     compile: bool = False
+    """Run the model through torch.compile (a GPU with long runs gains; first epoch slower)."""
     ema: float | None = None
     """Keep an exponential moving average of the weights with this decay (e.g. 0.99) and validate
     and save the average; None = off."""
@@ -126,18 +167,22 @@ class TrainConfig:
 @dataclass
 class DistillConfig:
     teacher: str | None = None
+    """The trained teacher's model file (--teacher)."""
     images: list[str] | str | None = None
     """Folder(s) of transfer images (labels not needed; a single 0/ subfolder is tolerated)."""
     student: ModelConfig = field(
         default_factory=lambda: ModelConfig(name="unet", args={"base": 4, "norm": "batch"})
     )
+    """The student model: a registered name and its arguments (segdistill models)."""
     targets: Literal["cached", "online"] = "cached"
+    """cached: the teacher predicts each transfer image once; online: on every augmented batch."""
     loss: Literal["soft_bce", "soft_bce+dice", "cwd", "soft_bce+cwd"] = "soft_bce+dice"
     """soft_bce: per-pixel BCE on the teacher's probabilities; +dice adds a soft Dice on them;
     cwd: spatial-softmax KL (channel-wise distillation)."""
     temperature: float = 1.0
     """Temperature of the soft-target BCE (the loss is scaled by T^2)."""
     cwd_weight: float = 1.0
+    """Weight of the CWD term in the soft_bce+cwd loss."""
     cwd_temperature: float = 4.0
     """Temperature of the spatial softmax in the CWD loss (Shu et al. use 4 for segmentation)."""
     feature_weight: float = 0.0
@@ -145,6 +190,7 @@ class DistillConfig:
     alpha: float = 0.0
     """Weight of the supervised loss on labels (only where labelled data is given)."""
     val_fraction: float = 0.2
+    """Without labelled data: fraction of the transfer images held out to validate by agreement with the teacher."""
     baseline: bool = False
     """Also train the same student from labels alone, for the report."""
     cache_dir: str | None = None
@@ -177,17 +223,23 @@ class SemiConfig:
 @dataclass
 class PredictConfig:
     output_dir: str = "predictions"
+    """Where prediction folders go (predictions/NAME, NAME-2... when taken)."""
     threshold: float | None = None
     """None: the threshold stored in the model file."""
     save_probs: bool = False
+    """Also write 8-bit probability maps (probs/)."""
     overlay: bool = False
+    """Also write the masks drawn over the images (overlays/)."""
     batch_size: int = 4
+    """Images per forward pass."""
     num_workers: int | Literal["auto"] = "auto"
     """Background threads reading images ahead of the model; auto = 2."""
     recursive: bool = False
+    """Also predict images in subfolders."""
     tile: int | None = None
     """Predict large images in overlapping tiles of this size (None: whole image at once)."""
     tile_overlap: float = 0.25
+    """Overlap of neighbouring tiles (fraction of a tile)."""
 
 
 @dataclass
@@ -195,6 +247,7 @@ class Config:
     name: str = "run"
     """Run name: results go to output_dir/name (name-2, name-3... when taken)."""
     output_dir: str = "runs"
+    """Where run folders go."""
     seed: int = 0
     """Seeds weights, the validation split, crops and augmentation."""
     device: str = "auto"
@@ -203,12 +256,19 @@ class Config:
     """CPU threads for torch and data loading; auto = OMP_NUM_THREADS if set, else the cores this
     process may use (affinity, container quota) less those other processes keep busy."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The labelled data: where it is and how it is read and split."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The model to train."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Random changes to the training crops, each with its probability or range."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The training loop: epochs, optimiser, schedule, loss, precision."""
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation (segdistill distill): teacher, transfer images, student and loss."""
     semi: SemiConfig = field(default_factory=SemiConfig)
+    """Self-training on unlabelled images with pseudo-labels (train --unlabelled)."""
     predict: PredictConfig = field(default_factory=PredictConfig)
+    """segdistill predict (and evaluate's threshold)."""
 
     @property
     def run_dir(self) -> Path:
@@ -319,6 +379,17 @@ def config_from_dict(data: dict[str, Any] | None) -> Config:
     return cfg
 
 
+def as_config(cfg: Config | dict[str, Any], what: str) -> Config:
+    """``cfg`` as a Config: a dict of config keys (nested as in the YAML file) is built and checked
+    like a file; anything else is a one-line error naming what ``what`` takes."""
+    if isinstance(cfg, Config):
+        return cfg
+    if isinstance(cfg, dict):
+        return config_from_dict(cfg)
+    raise ConfigError(f"{what} takes a Config (segdistill.load_config(...)) or a dict of config keys, "
+                      f"not {type(cfg).__name__}")
+
+
 def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -361,6 +432,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
     data: dict[str, Any] = {}
+    """The labelled data: where it is and how it is read and split."""
     if path is not None:
         path = Path(path)
         if not path.is_file():

@@ -48,25 +48,40 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = "") -> None:
-    """Loss (train/val) and validation IoU/Dice per epoch, side by side."""
+    """Loss (train/val) and validation IoU/Dice per epoch, side by side, into ``path`` (PNG)."""
     if not history:
         return
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(history, title)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def curves_figure(history: list[dict[str, Any]], title: str = "") -> Any:
+    """The matplotlib figure of :func:`plot_curves` (close it with ``plt.close``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [h["epoch"] for h in history]
+    # Markers: one epoch is a point, which a line alone does not draw.
+    style = {"marker": "o", "markersize": 4} if len(epochs) <= 30 else {}
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss")
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss", **style)
     if any(h.get("val_loss") not in (None, "") for h in history):
-        ax1.plot(epochs, [_f(h.get("val_loss")) for h in history], label="val loss")
+        ax1.plot(epochs, [_f(h.get("val_loss")) for h in history], label="val loss", **style)
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax1.legend()
     ax1.grid(alpha=0.3)
     for key, label in (("val_iou", "val IoU (Jaccard)"), ("val_dice", "val Dice")):
-        ax2.plot(epochs, [_f(h.get(key)) for h in history], label=label)
+        ax2.plot(epochs, [_f(h.get(key)) for h in history], label=label, **style)
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax2.set_xlabel("epoch")
     ax2.set_ylim(0, 1)
     ax2.legend()
@@ -74,9 +89,7 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    return fig
 
 
 def _f(v: Any) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,8 +97,34 @@ def check_pair(pair: Pair, invert: bool, report: CheckReport) -> None:
         report.warnings.append(f"{pair.mask}: every pixel is foreground")
 
 
-def check_data(cfg: DataConfig, seed: int = 0) -> CheckReport:
-    """Run every check; problems go into the report, nothing is raised for them."""
+def crop_warning(input_size: int, sizes: list[tuple[int, int]]) -> str | None:
+    """A warning when training crops (``input_size``) are larger than the images (their median
+    width x height): the crops are then mostly reflect padding."""
+    if not sizes:
+        return None
+    w, h = int(np.median([s[0] for s in sizes])), int(np.median([s[1] for s in sizes]))
+    if input_size <= max(w, h):
+        return None
+    factor = input_size * input_size / max(w * h, 1)
+    return (f"train.input_size {input_size} is larger than the images (median {w}x{h}): crops are reflect-padded "
+            f"to {factor:.3g}x their pixels; use --input-size {max(w, h)}")
+
+
+def image_sizes(paths: list[Path], limit: int = 200) -> list[tuple[int, int]]:
+    """(width, height) of up to ``limit`` evenly spread images (headers only); unreadable ones skipped."""
+    step = max(1, len(paths) // limit)
+    sizes = []
+    for p in paths[::step]:
+        try:
+            sizes.append(open_image(p).size)
+        except DataError:
+            continue  # the data check reports it
+    return sizes
+
+
+def check_data(cfg: DataConfig, seed: int = 0, input_size: int | None = None) -> CheckReport:
+    """Run every check; problems go into the report, nothing is raised for them. With
+    ``input_size`` (train.input_size), crops larger than the images are a warning."""
     report = CheckReport()
     try:
         split: Split = discover(cfg, seed)
@@ -112,6 +139,9 @@ def check_data(cfg: DataConfig, seed: int = 0) -> CheckReport:
         report.warnings += [f"{p}: not an image file (ignored)" for p in rep.ignored_files]
     for pair in split.train + split.val:
         check_pair(pair, cfg.invert, report)
+    crops = crop_warning(input_size, report.sizes) if input_size else None
+    if crops:
+        report.warnings.insert(0, crops)  # first: a long list of per-file warnings must not hide it
     if report.fg_fractions and max(report.fg_fractions) == 0.0:
         report.errors.append("no mask has any foreground pixel: nothing to learn (wrong invert setting?)")
     return report

@@ -84,12 +84,30 @@ def list_images(path: str | Path, recursive: bool = False) -> tuple[list[Path], 
     return images, others
 
 
+def no_images_message(folder: Path) -> str:
+    """Why a folder gave no images, naming what is there instead (subfolders, other files)."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    if not entries:
+        return f"{folder}: no image files found (the folder is empty)"
+    subdirs = [p.name for p in entries if p.is_dir()]
+    files = [p.name for p in entries if p.is_file()]
+    if subdirs and not files:
+        shown = " and ".join(f"{d}/" for d in subdirs[:2]) + (f" and {len(subdirs) - 2} more folders" if len(subdirs) > 2 else "")
+        guess = next((d for d in subdirs if d.lower() in ("images", "image", "imgs")), subdirs[0])
+        return f"{folder}: no images directly in it; it holds {shown} (did you mean {folder / guess}?)"
+    return (f"{folder}: no image files found; it holds {len(files)} other file(s), e.g. {files[0]} "
+            f"(images are {', '.join(_exts())})")
+
+
 def collect_images(folders: list[str] | str, recursive: bool = False, exclude: frozenset[Path] = frozenset()) -> list[Path]:
     """The images of one or more folders (files, globs), without duplicates (by resolved path) and
     without the resolved paths in ``exclude``, in the order found."""
     seen: dict[Path, Path] = {}
     for folder in [folders] if isinstance(folders, str) else folders:
-        for p in list_images(folder, recursive)[0]:
+        found = list_images(folder, recursive)[0]
+        if not found and Path(folder).is_dir():
+            raise DataError(no_images_message(resolve_image_dir(Path(folder))))
+        for p in found:
             if p.resolve() not in exclude:
                 seen.setdefault(p.resolve(), p)
     return list(seen.values())
@@ -236,8 +254,17 @@ def discover(cfg: DataConfig, seed: int = 0) -> Split:
         reports.append(rep)
         train, val = split_pairs(rep.pairs, cfg.val_fraction, seed, cfg.val_stems)
     if not train:
-        raise DataError(f"{root or cfg.train_images}: no image/mask pairs found (pairs match by file stem)")
+        raise DataError(f"{root or cfg.train_images}: no image/mask pairs found (pairs match by file stem){_unpaired_example(reports)}")
     return Split(train=train, val=val, layout=layout, reports=reports)
+
+
+def _unpaired_example(reports: list[PairReport]) -> str:
+    """An example name from each side, so that a naming mismatch shows at a glance."""
+    rep = next((r for r in reports if r.images_without_masks and r.masks_without_images), None)
+    if rep is None:
+        return ""
+    return (f": image {rep.images_without_masks[0].name} has no mask {rep.images_without_masks[0].stem}.png "
+            f"(or {rep.images_without_masks[0].stem}_mask.png), and the masks are named like {rep.masks_without_images[0].name}")
 
 
 def _detect(cfg: DataConfig, root: Path | None) -> str:

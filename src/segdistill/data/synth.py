@@ -8,11 +8,13 @@ model has to use shape and texture.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from ..fileio import atomic_path
 
 
@@ -88,12 +90,22 @@ def make_synthetic_dataset(
     seed: int = 0,
     rgb: bool = False,
     vary_size: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``count`` pairs into ``out/images`` and ``out/masks`` (PNG); returns ``out``.
 
-    With ``vary_size`` the sides vary between 0.75x and 1.25x ``size`` (non-square too).
+    With ``vary_size`` the sides vary between 0.75x and 1.25x ``size`` (non-square too). A folder
+    that holds anything is refused (old and new files would mix into one data set) unless
+    ``overwrite``, which first empties ``out/images`` and ``out/masks``.
     """
     out = Path(out)
+    held = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+    if held and not overwrite:
+        raise DataError(f"{out}: not empty (holds {', '.join(held[:3])}{', ...' if len(held) > 3 else ''}); "
+                        "choose a new folder, or --overwrite to replace its images/ and masks/")
+    for sub in ("images", "masks"):
+        if overwrite and (out / sub).is_dir():
+            shutil.rmtree(out / sub)
     rng = np.random.default_rng(seed)
     for i in range(count):
         h = w = size

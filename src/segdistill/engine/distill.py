@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import logging
 import math
 import random
@@ -24,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
-from ..config import Config, validate_distill
+from ..config import Config, as_config, validate_distill
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import collect_images, discover
 from ..distributed import world_size
@@ -35,7 +36,17 @@ from ..runtime import autocast, resolve_workers, select_device, set_threads, use
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, capture, end_epoch_plan, make_clock, open_run, resume_from, start_run, validates
+from .run import (
+    Recorder,
+    capture,
+    complete_message,
+    end_epoch_plan,
+    make_clock,
+    open_run,
+    resume_from,
+    start_run,
+    validates,
+)
 from .targets import build_target_cache, mean_foreground
 from .train import fit
 
@@ -213,13 +224,21 @@ def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | No
     return transfer, val_items, label_of
 
 
-def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = False,
+def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
             started: float | None = None) -> DistillResult:
-    """Run a configured distillation; see the module docstring. ``started``: as in ``fit``."""
+    """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
+    see the module docstring. ``started``: as in ``fit``."""
     started = time.monotonic() if started is None else started
     if world_size() > 1:
         raise ConfigError("distill runs in a single process; launch it without torchrun")
-    cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
+    done = complete_message(cfg, run_dir, state)
+    report_path = run_dir / "distill_report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
+    # Without the report of these epochs (killed after the last one), the resume writes it.
+    if done is not None and state is not None and report.get("epochs") == len(state.get("history", [])):
+        log.info(done)
+        return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
     cfg = student_config(cfg)
     set_threads(cfg.threads)
@@ -236,7 +255,8 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
     clock = make_clock(cfg, state, started, final_views=2)  # the report runs teacher and student once more
     params = list(student.parameters()) + list(kd.parameters())
     opt = build_optimization(cfg, student, params, len(data.train_loader), clock.epochs, cp.amp_dtype)
-    rec = Recorder(run_dir, f"{cfg.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None)
+    rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
+                   labelled=data.val_key == "mask")
     parts = {"model": student, "kd": kd, **opt.parts()}
     epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
     teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
@@ -253,7 +273,7 @@ def distill(cfg: Config, resume: str | Path | None = None, overwrite: bool = Fal
         t_val = time.perf_counter()
         m = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else {}
         row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
-               "agreement_iou": m.get("agreement"), "lr": opt.optimizer.param_groups[0]["lr"],
+               "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}"),
                "seconds": round(time.perf_counter() - t0, 2)}
         rec.update(row, m)
         if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if m else None, device):
@@ -303,9 +323,20 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
     bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
     bcfg.train.time_budget = None  # as many epochs as the student got (a budget was spent on it)
     bcfg.train.epochs = len(_history(run_dir)) or cfg.train.epochs
-    log.info("training the labels-only twin of the student (%d epochs)", bcfg.train.epochs)
-    res = fit(bcfg, overwrite=True)
+    log.info("training the labels-only twin of the student (%d epochs, in %s)", bcfg.train.epochs, run_dir / "baseline")
+    quiet = log.level
+    log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its epoch lines would interleave with the report
+    try:
+        res = fit(bcfg, overwrite=True)
+    finally:
+        log.setLevel(quiet)
+    log.info("labels-only twin: best val IoU %s at epoch %d of %d", _fmt4(res.best.get("val_iou")),
+             res.best.get("epoch", 0), len(res.history))
     return {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
+
+
+def _fmt4(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:

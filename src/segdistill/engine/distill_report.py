@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,8 @@ def distill_report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelI
                      "GFLOPs": rows[1]["GFLOPs"], "CPU ms": s_lat, "val IoU": twin["val_iou"],
                      "val Dice": twin["val_dice"], "agreement": None})
     report = {
-        "teacher": {"file": cfg.distill.teacher, **{k: v for k, v in rows[0].items() if k != "model"}},
-        "student": {"file": str(run_dir / "model.safetensors"), **{k: v for k, v in rows[1].items() if k != "model"}},
+        "teacher": {"file": cfg.distill.teacher, **_json_keys(rows[0])},
+        "student": {"file": str(run_dir / "model.safetensors"), **_json_keys(rows[1])},
         "baseline_labels_only": twin,
         "compression": rows[0]["params"] / rows[1]["params"],
         "speedup_cpu": t_lat / s_lat,
@@ -59,10 +60,30 @@ def distill_report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelI
     write_json(run_dir / "distill_report.json", report)
     table_rows = [dict(r, params=f"{r['params'] / 1e6:.3f}M") for r in rows]
     ret = f", keeps {report['iou_retained']:.1%} of the teacher's IoU" if report["iou_retained"] else ""
-    log.info("%s\ncompression %.1fx, CPU speed-up %.1fx%s\nreport: %s",
+    log.info("%s\ncompression %sx, CPU speed-up %sx%s\nreport: %s",
              format_table(table_rows, title=f"\nDistillation report ({report['validation']})"),
-             report["compression"], report["speedup_cpu"], ret, run_dir / "distill_report.json")
+             two_digits(report["compression"]), two_digits(report["speedup_cpu"]), ret, run_dir / "distill_report.json")
+    if rows[1]["params"] >= rows[0]["params"]:
+        log.warning("the student (%s parameters) is not smaller than its teacher (%s): nothing is compressed; "
+                    "choose a smaller distill.student (segdistill models)", f"{rows[1]['params']:,}", f"{rows[0]['params']:,}")
     return report
+
+
+# Table column -> distill_report.json key (the same val_iou style as baseline_labels_only and metrics.json).
+_KEYS = {"params": "params", "GFLOPs": "gflops", "CPU ms": "cpu_ms", "val IoU": "val_iou", "val Dice": "val_dice",
+         "agreement": "agreement"}
+
+
+def _json_keys(row: dict[str, Any]) -> dict[str, Any]:
+    return {_KEYS[k]: v for k, v in row.items() if k in _KEYS}
+
+
+def two_digits(x: float) -> str:
+    """``x`` to two significant digits in plain notation: 0.053, 0.70, 1.4, 16, 253 (never 0.0)."""
+    if not math.isfinite(x) or x <= 0:
+        return f"{x:g}"
+    decimals = max(0, 1 - math.floor(math.log10(x)))
+    return f"{round(x, decimals):.{decimals}f}"
 
 
 def _epochs_to_fraction(history: list[dict[str, Any]], key: str, fraction: float = 0.9) -> int | None:

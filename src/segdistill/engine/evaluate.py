@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..errors import DataError
 from ..failpoints import failpoint
 from ..inference.tta import tta_logits
 from ..losses import LossFn
@@ -94,15 +95,63 @@ def evaluate(
     return EvalResult(summarise(Counts.cat(parts)), per_image, loss_sum / loss_n if loss_n else None)
 
 
-def evaluation_pairs(data_dir: str | Path, recursive: bool = False) -> list:
-    """Labelled pairs to evaluate on: every pair of an images/+masks/ folder, or the validation
-    part of a train/+val/ or Keras layout."""
+@dataclass
+class SplitSpec:
+    """How training split a flat folder: the seed, fraction and explicit stems it used."""
+
+    seed: int = 0
+    val_fraction: float = 0.2
+    val_stems: list[str] | None = None
+    source: str = "the default config"
+
+
+def training_split(model_path: str | Path, summary: dict[str, Any]) -> SplitSpec:
+    """The split training made: from the model file's summary, else the run folder's config.yaml
+    beside it (older model files, distilled students), else the default config's."""
+    if "val_fraction" in summary:
+        return SplitSpec(int(summary.get("seed", 0)), float(summary["val_fraction"]), summary.get("val_stems"),
+                         "the model file")
+    cfg_path = Path(model_path).parent / "config.yaml"
+    if cfg_path.is_file():
+        from ..config import load_config
+
+        try:
+            cfg = load_config(cfg_path)
+        except Exception:  # an unreadable config only costs the guess; the defaults follow
+            pass
+        else:
+            return SplitSpec(cfg.seed, cfg.data.val_fraction, cfg.data.val_stems, str(cfg_path))
+    return SplitSpec()
+
+
+def evaluation_pairs(data_dir: str | Path, recursive: bool = False, split: SplitSpec | None = None,
+                     all_images: bool = False) -> tuple[list, str]:
+    """(labelled pairs to evaluate on, why those): the validation part of a train/+val/ or Keras
+    layout; of a folder training splits itself (images/+masks/), the validation images that
+    ``split`` (the model's own training split) held out, so that no training image is scored.
+    ``all_images`` scores every pair."""
     from ..config import DataConfig
     from ..data.discovery import discover
 
-    split = discover(DataConfig(root=str(data_dir), val_fraction=0.0, recursive=recursive))
-    pairs = split.val if split.val and split.layout in ("split", "keras") else split.train + split.val
-    return pairs
+    found = discover(DataConfig(root=str(data_dir), val_fraction=0.0, recursive=recursive))
+    everything = found.train + found.val
+    if all_images:
+        return everything, f"scoring all {len(everything)} images (--all)"
+    if found.val and found.layout in ("split", "keras"):
+        return found.val, (f"scoring the {len(found.val)} validation images of the {found.layout} layout; "
+                           f"--all scores all {len(everything)}")
+    spec = split or SplitSpec()
+    cfg = DataConfig(root=str(data_dir), val_fraction=spec.val_fraction, val_stems=spec.val_stems, recursive=recursive)
+    try:
+        val = discover(cfg, spec.seed).val
+    except DataError:  # the model's val_stems are not in this folder: other data than it trained on
+        return everything, f"scoring all {len(everything)} images (the model's data.val_stems are not in this folder)"
+    if not val:
+        return everything, f"scoring all {len(everything)} images (training would hold none out)"
+    how = (f"data.val_stems from {spec.source}" if spec.val_stems is not None
+           else f"seed {spec.seed}, val_fraction {spec.val_fraction:g}, from {spec.source}")
+    return val, (f"scoring the {len(val)} validation images training held out ({how}); "
+                 f"--all scores all {len(everything)}")
 
 
 def evaluate_model(
@@ -114,9 +163,11 @@ def evaluate_model(
     invert: bool | None = None,
     max_side: int | None = None,
     tta: int | None = None,
+    all_images: bool = False,
 ) -> EvalResult:
     """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary. ``tta`` views
-    default to the model's own (stored at training)."""
+    default to the model's own (stored at training). Of a folder that training splits itself, only
+    the validation images the model's training held out are scored, unless ``all_images``."""
     from ..checkpoint import load_model
     from ..data.dataset import Item, SegDataset
     from ..fileio import write_json
@@ -130,7 +181,8 @@ def evaluate_model(
         pre.invert = invert
     if max_side is not None:
         pre.max_side = max_side
-    pairs = evaluation_pairs(data_dir)
+    pairs, why = evaluation_pairs(data_dir, split=training_split(model_path, info.summary), all_images=all_images)
+    log.info("%s", why)
     ds = SegDataset([Item(p.image, p.mask) for p in pairs], pre, train=False, cache=False, resize_masks=False)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=0)
     thr = info.threshold if threshold is None else threshold
@@ -140,6 +192,7 @@ def evaluate_model(
     out = Path(out) if out else Path(model_path).parent / f"eval_{Path(data_dir).name or 'data'}.csv"
     write_csv(out, result.per_image)
     write_json(out.with_suffix(".json"), {"model": str(model_path), "data": str(data_dir), "images": len(pairs),
+                                          "scored": why,
                                           "threshold": thr, "tta": views, **result.metrics})
     rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
             for k in ("iou", "dice", "precision", "recall", "accuracy")]

@@ -138,6 +138,23 @@ def resume_from(run_dir: Path, state: dict[str, Any], parts: dict[str, Any], rec
     return state["epoch"] + 1
 
 
+def complete_message(cfg: Config, run_dir: Path, state: dict[str, Any] | None) -> str | None:
+    """Why a run to resume has nothing left to do (all its epochs, or an early stop), else None."""
+    if state is None:
+        return None
+    done = int(state["epoch"])
+    planned = int(state.get("planned_epochs", cfg.train.epochs)) if cfg.train.time_budget else cfg.train.epochs
+    patience = cfg.train.early_stopping
+    if done >= planned:
+        how = f"{done} of {planned} epochs"
+    elif patience and int(state.get("stale", 0)) >= patience:
+        how = f"stopped early at epoch {done} of {planned}: no better validation IoU for {patience} validations"
+    else:
+        return None
+    return (f"run {run_dir} is complete ({how}); nothing to do - edit train.epochs in its config.yaml "
+            "to extend it")
+
+
 def make_clock(cfg: Config, state: dict | None, started: float, final_views: int = 1) -> RunClock:
     """The run's epoch plan: ``train.epochs``, or with a time budget the epochs that fit (a resumed
     budgeted run finishes the epochs planned before it stopped)."""
@@ -169,6 +186,9 @@ of small models would otherwise spend again every epoch), always at the last epo
 # The log line: row key -> label, in this order (keys a loop does not record are left out).
 _LOGGED = (("train_loss", "loss"), ("val_loss", "val loss"), ("val_iou", "IoU"), ("val_dice", "Dice"),
            ("agreement_iou", "agreement"))
+# Without labels the validation scores are the agreement with the teacher (agreement_iou repeats it).
+_LOGGED_UNLABELLED = (("train_loss", "loss"), ("val_loss", "val loss"), ("val_iou", "agreement"),
+                      ("val_dice", "agreement Dice"))
 
 
 @dataclass
@@ -181,6 +201,8 @@ class Recorder:
         label: first word of the log line ("epoch", "distill").
         lr: the configured learning rate, named in the collapse warning.
         validated: False when the run has no validation at all: then the latest model is kept.
+        labelled: False when validation compares with a teacher, not labels: the log line then calls
+            ``val_iou`` agreement.
     """
 
     run_dir: Path
@@ -188,6 +210,7 @@ class Recorder:
     label: str = "epoch"
     lr: float = 0.0
     validated: bool = True
+    labelled: bool = True
     main: bool = field(default_factory=is_main_process)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_iou: float = -1.0
@@ -244,7 +267,8 @@ class Recorder:
             self.plot()
         save_state(self.run_dir / "state.safetensors", state)
         fields = [f"{self.label} {row['epoch']}/{clock.epochs}"]
-        fields += [f"{name} {_fmt(row[key])}" for key, name in _LOGGED if key in row]
+        logged = _LOGGED if self.labelled else _LOGGED_UNLABELLED
+        fields += [f"{name} {_fmt(row[key])}" for key, name in logged if key in row]
         fields += [f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s", f"ETA {clock.eta(row['epoch'])}"]
         log.info("  ".join(fields) + ("  *best*" if self.improved else ""))
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .. import __version__
 from ..checkpoint import ModelInfo, load_model
-from ..config import Config
+from ..config import Config, as_config
+from ..data.check import crop_warning, image_sizes
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
@@ -36,9 +37,20 @@ from ..losses import LossFn, make_task_loss
 from ..models import create_model, resolved_args
 from ..report import format_table
 from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
+from .clock import format_duration
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, capture, end_epoch_plan, make_clock, open_run, resume_from, start_run, validates
+from .run import (
+    Recorder,
+    capture,
+    complete_message,
+    end_epoch_plan,
+    make_clock,
+    open_run,
+    resume_from,
+    start_run,
+    validates,
+)
 from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
 log = logging.getLogger("segdistill")
@@ -131,6 +143,9 @@ def build_run_data(cfg: Config, device: torch.device, run_dir: Path | None = Non
     else:
         pre = build_preprocess(cfg, [p.image for p in split.train])
     length = cfg.train.samples_per_epoch or len(split.train)
+    crops = crop_warning(cfg.train.input_size, image_sizes([p.image for p in split.train]))
+    if crops and is_main_process() and state is None:  # once, when the run starts
+        log.warning(crops)
 
     def crops(items: list[Item], seed: int) -> SegDataset:
         return SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
@@ -183,15 +198,25 @@ class FitResult:
     best: dict[str, Any]
 
 
-def fit(cfg: Config, resume: str | Path | None = None, overwrite: bool = False, started: float | None = None) -> FitResult:
-    """Train the configured model; returns the run folder, history and best metrics.
+def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
+        started: float | None = None) -> FitResult:
+    """Train the configured model (``cfg``: a Config, or a dict of config keys such as
+    ``{"data": {"root": "DIR"}}``); returns the run folder, history and best metrics. Progress goes
+    to the ``segdistill`` logger (``logging.basicConfig(level=logging.INFO)`` shows it).
 
     With ``resume`` (a run folder), the saved config and state are restored and training goes on
     from the last complete epoch as if it had never stopped. ``started`` (``time.monotonic()``) is
     when a time budget's clock started; default: now.
     """
     started = time.monotonic() if started is None else started
-    cfg, run_dir, state = open_run(cfg, resume, overwrite)
+    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "fit"), resume, overwrite)
+    done = complete_message(cfg, run_dir, state)
+    if done is not None and not _tta_pending(cfg, run_dir):
+        assert state is not None
+        log.info(done)
+        rec = Recorder(run_dir, "")
+        rec.load(state)
+        return FitResult(run_dir, rec.history, rec.best_row())
     set_threads(cfg.threads)
     device = select_device(cfg.device)
     distributed = init_distributed(device)
@@ -210,7 +235,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     opt = build_optimization(cfg, model, list(model.parameters()), len(data.train_loader), clock.epochs, cp.amp_dtype)
     pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
-    rec = Recorder(run_dir, f"{cfg.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
+    rec = Recorder(run_dir, f"{run_dir.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
     parts = {"model": model, **opt.parts()}
     epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
     train_model = _wrap(model, cfg, cp.device, distributed)
@@ -231,7 +256,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         (iou,) = broadcast_floats([result.metrics.get("iou", -1.0)], cp.device)  # every rank decides alike
         row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": _round(result.loss),
                "val_iou": None if iou < 0 else round(iou, 6), "val_dice": _round(result.metrics.get("dice")),
-               "lr": opt.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 2)}
+               "lr": _sig6(opt.optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 2)}
         improved = rec.update(row, result.metrics)
         if end_epoch_plan(clock, epoch, val_seconds, cp.device):
             opt.set_epochs(clock.epochs)
@@ -248,6 +273,12 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     if rec.main:
         _log_summary(cfg, run_dir, data, rec, cp, t_run)
     return FitResult(run_dir, rec.history, rec.best_row())
+
+
+def _tta_pending(cfg: Config, run_dir: Path) -> bool:
+    """A run killed after its last epoch but before its TTA evaluation (which the resume then does)."""
+    path = run_dir / "metrics.json"
+    return cfg.train.tta > 1 and path.is_file() and "tta" not in json.loads(path.read_text(encoding="utf-8"))
 
 
 def _train_epoch(model: nn.Module, loss_fn: LossFn, opt: Optimization, loader: DataLoader, cp: Compute, cfg: Config,
@@ -288,9 +319,14 @@ def _log_summary(cfg: Config, run_dir: Path, data: RunData, rec: Recorder, cp: C
                            "val IoU": best.get("val_iou"), "val Dice": best.get("val_dice")}
     if cfg.train.tta > 1 and data.val_loader is not None and (run_dir / "model.safetensors").exists():
         row.update(_evaluate_with_tta(cfg, data, run_dir, cp))
-    row["minutes"] = round((time.perf_counter() - t_run) / 60, 2)
+    row["time"] = format_duration(time.perf_counter() - t_run)
     log.info("\n%s\n", format_table([row], title="Training summary"))
     log.info("model: %s", run_dir / "model.safetensors")
+
+
+def _sig6(lr: float) -> float:
+    """A learning rate to 6 significant digits: 0.00075025, not 0.0007502499999999999."""
+    return float(f"{lr:.6g}")
 
 
 def _round(v: float | None) -> float | None:
@@ -347,6 +383,10 @@ def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epo
         "train_images": len(data.split.train),
         "unlabelled_images": len(data.unlabelled),
         "val_images": len(data.split.val),
+        # How a flat folder was split, so that evaluate can score the same validation images.
+        "seed": cfg.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "val_stems": cfg.data.val_stems,
         "epochs_trained": len(history),
         "best_epoch": best_epoch,
         "input_size": cfg.train.input_size,

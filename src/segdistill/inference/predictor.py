@@ -169,9 +169,42 @@ class PredictSummary:
     foreground_fraction: float
 
 
+OUTPUT_PARTS = ("probs", "overlays")
+"""Subfolders predict writes beside the masks."""
+
+
+def prediction_dir(root: str | Path, name: str, overwrite: bool = False, inputs: list[Path] | None = None) -> Path:
+    """``root/NAME``, or ``NAME-2``, ``-3``... when it holds files (as ``train`` does with runs), so
+    two runs' outputs never mix; ``overwrite`` reuses ``root/NAME`` after removing the previous
+    masks, probability maps and overlays (the PNG files in it). Refuses to clear a folder that
+    holds other files, or the ``inputs``."""
+    base = Path(root) / name
+    if not base.is_dir() or not any(base.iterdir()):
+        return base
+    if not overwrite:
+        k = 2
+        while (base.parent / f"{base.name}-{k}").is_dir() and any((base.parent / f"{base.name}-{k}").iterdir()):
+            k += 1
+        return base.parent / f"{base.name}-{k}"
+    entries = list(base.rglob("*"))
+    files = [f for f in entries if f.is_file() and not f.is_symlink()]
+    other = next((f for f in entries if f.is_symlink() or (f.is_file() and f.suffix.lower() != ".png")), None)
+    if other is not None:
+        raise SegdistillError(f"{base}: holds {other.name}, which predict does not write; "
+                              "--overwrite clears only prediction folders (choose another --name or --out)")
+    if inputs and any(f.resolve().is_relative_to(base.resolve()) for f in inputs):
+        raise SegdistillError(f"{base}: holds the input images; --overwrite would remove them (choose another --name or --out)")
+    for f in files:
+        f.unlink()
+    for d in sorted((d for d in base.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+        d.rmdir()  # empty now: it held only PNG files
+    log.info("--overwrite: removed the %d previous prediction files from %s", len(files), base)
+    return base
+
+
 def predict_to_folder(
     predictor: Predictor,
-    source: str | Path,
+    source: str | Path | list[str] | list[Path],
     out_dir: str | Path,
     batch_size: int = 4,
     recursive: bool = False,
@@ -179,8 +212,9 @@ def predict_to_folder(
     save_overlay: bool = False,
     workers: int = 2,
 ) -> PredictSummary:
-    """Predict every image of ``source`` into ``out_dir``: ``NAME.png`` masks (0/255, input size),
-    ``probs/NAME.png`` (8-bit probabilities) and ``overlays/NAME.png`` on request."""
+    """Predict every image of ``source`` (a file, folder or glob, or a list of them) into ``out_dir``:
+    ``NAME.png`` masks (0/255, input size), ``probs/NAME.png`` (8-bit probabilities) and
+    ``overlays/NAME.png`` on request. ``prediction_dir`` picks an ``out_dir`` that mixes no runs."""
     from tqdm import tqdm
 
     files, root = collect_inputs(source, recursive)

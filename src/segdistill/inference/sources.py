@@ -5,19 +5,28 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..data.discovery import list_images, resolve_image_dir
+from ..data.discovery import list_images, no_images_message, resolve_image_dir
 from ..errors import DataError
 
 
-def collect_inputs(source: str | Path, recursive: bool = False) -> tuple[list[Path], Path | None]:
-    """Image files from a file, folder or glob; returns (files, the folder names are relative to)."""
-    files, _ = list_images(source, recursive)
-    if not files:
-        raise DataError(f"{source}: no image files found")
-    p = Path(source)
+def collect_inputs(source: str | Path | list[str] | list[Path], recursive: bool = False) -> tuple[list[Path], Path | None]:
+    """Image files from a file, folder or glob, or a list of them (the files a shell expanded a glob
+    to); returns (files, the folder names are relative to: a single folder source's, else None)."""
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for src in sources:
+        found, _ = list_images(src, recursive)
+        if not found:
+            folder = Path(src)
+            raise DataError(no_images_message(resolve_image_dir(folder)) if folder.is_dir() else f"{src}: no image files found")
+        for f in found:
+            if f.resolve() not in seen:  # a file named twice is predicted once
+                seen.add(f.resolve())
+                files.append(f)
     root = None
-    if p.is_dir():
-        root = resolve_image_dir(p)
+    if len(sources) == 1 and Path(sources[0]).is_dir():
+        root = resolve_image_dir(Path(sources[0]))
     return files, root
 
 

@@ -38,6 +38,12 @@ def model_signature(name: str) -> dict[str, Any]:
     }
 
 
+def model_description(name: str) -> str:
+    """The first line of a registered model's docstring (what ``segdistill models`` shows)."""
+    doc = (_get(name).__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
+
+
 def _get(name: str) -> Callable[..., nn.Module]:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)

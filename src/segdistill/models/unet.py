@@ -171,9 +171,16 @@ def unet(
 
 # Named sizes: a variation is a value, so each is just `unet` with a different width.
 _SIZES = {"unet_nano": 4, "unet_tiny": 8, "unet_small": 16, "unet_base": 32, "unet_large": 64}
+_ABOUT = {
+    "unet_nano": "U-Net base 4: the smallest student, for CPUs and small devices",
+    "unet_tiny": "U-Net base 8: a small student, or a teacher for tiny data",
+    "unet_small": "U-Net base 16: a teacher on a CPU, or a large student",
+    "unet_base": "U-Net base 32 (the same as unet): the default teacher",
+    "unet_large": "U-Net base 64: the classic 31M-parameter U-Net, for a GPU",
+}
 
 
-def _sized(base_width: int):
+def _sized(base_width: int, about: str):
     def build(
         in_channels: int = 1,
         base: int = base_width,
@@ -185,11 +192,12 @@ def _sized(base_width: int):
     ) -> UNet:
         return unet(in_channels, base, depth, norm, up, dropout, act)
 
+    build.__doc__ = about + "."  # what `segdistill models` shows for this size
     return build
 
 
 for _name, _base in _SIZES.items():
-    register_model(_name)(_sized(_base))
+    register_model(_name)(_sized(_base, _ABOUT[_name]))
 
 
 @register_model("unet_keras")
