@@ -42,7 +42,7 @@ def run_demo(out: Path, teacher_epochs: int = 8, student_epochs: int = 24, overr
     teacher_cfg = load_config(None, [*common, "name=teacher", TEACHER, f"train.epochs={teacher_epochs}"])
     teacher = fit(teacher_cfg, overwrite=True, started=started)
     model = teacher.run_dir / "model.safetensors"
-    evaluate_model(model, data, out=out / "teacher_eval.csv")
+    held_out = evaluate_model(model, data, out=out / "teacher_eval.csv")  # the validation images training held out
     pred = predict_to_folder(Predictor(model), out / "new_images" / "images", out / "predictions",
                              save_probs=True, save_overlay=True)
     # The student learns from the teacher's soft masks of the labelled training images and of
@@ -60,12 +60,13 @@ def run_demo(out: Path, teacher_epochs: int = 8, student_epochs: int = 24, overr
         {"what": "unlabelled images for distillation", "where": str(out / "unlabelled" / "images"),
          "result": f"{UNLABELLED} images"},
         {"what": "teacher (model, history.csv, curves.png)", "where": str(teacher.run_dir),
-         "result": f"val IoU {_num(r['teacher'].get('val IoU'))}, {r['teacher']['params'] / 1e6:.2f}M params"},
-        {"what": "teacher on all 64 images (per-image CSV)", "where": str(out / "teacher_eval.csv"), "result": ""},
+         "result": f"val IoU {_num(r['teacher'].get('val_iou'))}, {r['teacher']['params'] / 1e6:.2f}M params"},
+        {"what": "teacher evaluated on its held-out images (per-image CSV)", "where": str(out / "teacher_eval.csv"),
+         "result": f"{len(held_out.per_image)} images, IoU {_num(held_out.metrics.get('iou'))}"},
         {"what": "predictions on 16 new images (masks, probs/, overlays/)", "where": str(pred.out_dir),
          "result": f"{pred.written} masks"},
         {"what": "student, distilled (distill_report.json)", "where": str(student.run_dir),
-         "result": f"val IoU {_num(r['student'].get('val IoU'))} = {_pct(r.get('iou_retained'))} of the teacher's, "
+         "result": f"val IoU {_num(r['student'].get('val_iou'))} = {_pct(r.get('iou_retained'))} of the teacher's, "
                    f"{r['compression']:.1f}x smaller, {r['speedup_cpu']:.1f}x faster"},
         {"what": "same student, labels only", "where": str(twin.get("run", "")),
          "result": f"val IoU {_num(twin.get('val_iou'))}"},
