@@ -36,17 +36,7 @@ from ..runtime import autocast, resolve_workers, select_device, set_threads, use
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import (
-    Recorder,
-    capture,
-    complete_message,
-    end_epoch_plan,
-    make_clock,
-    open_run,
-    resume_from,
-    start_run,
-    validates,
-)
+from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
 from .targets import build_target_cache, mean_foreground
 from .train import fit
 
@@ -258,7 +248,7 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
                    labelled=data.val_key == "mask")
     parts = {"model": student, "kd": kd, **opt.parts()}
-    epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
+    epoch = begin(run_dir, cfg, state, parts, rec)
     teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
     teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
     _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)

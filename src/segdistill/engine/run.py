@@ -138,6 +138,11 @@ def resume_from(run_dir: Path, state: dict[str, Any], parts: dict[str, Any], rec
     return state["epoch"] + 1
 
 
+def begin(run_dir: Path, cfg: Config, state: dict[str, Any] | None, parts: dict[str, Any], recorder: Recorder) -> int:
+    """The first epoch to run: a resumed run's parts restored from ``state``, or a new run started."""
+    return resume_from(run_dir, state, parts, recorder) if state is not None else start_run(run_dir, cfg)
+
+
 def complete_message(cfg: Config, run_dir: Path, state: dict[str, Any] | None) -> str | None:
     """Why a run to resume has nothing left to do (all its epochs, or an early stop), else None."""
     if state is None:

@@ -40,17 +40,7 @@ from ..runtime import autocast, resolve_workers, select_device, set_threads, use
 from .clock import format_duration
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import (
-    Recorder,
-    capture,
-    complete_message,
-    end_epoch_plan,
-    make_clock,
-    open_run,
-    resume_from,
-    start_run,
-    validates,
-)
+from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
 from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
 
 log = logging.getLogger("segdistill")
@@ -237,7 +227,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
     rec = Recorder(run_dir, f"{run_dir.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
     parts = {"model": model, **opt.parts()}
-    epoch = resume_from(run_dir, state, parts, rec) if state is not None else start_run(run_dir, cfg)
+    epoch = begin(run_dir, cfg, state, parts, rec)
     train_model = _wrap(model, cfg, cp.device, distributed)
     _log_start(cfg, run_dir, data, model, cp)
     t_run = time.perf_counter()
