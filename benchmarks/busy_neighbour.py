@@ -46,7 +46,7 @@ def _train(data: Path, out: Path, name: str, epochs: int, threads: str | None) -
     wall = time.perf_counter() - t0
     seconds = [float(r["seconds"]) for r in csv.DictReader(open(out / name / "history.csv"))]
     median, slowest = statistics.median(seconds), max(seconds)
-    used = re.search(r"(\d+) threads", log)
+    used = re.search(r"(\d+) threads?\b", log)
     return {"run": name, "threads setting": threads or "auto (default)", "threads used": int(used.group(1)) if used else None,
             "median epoch s": round(median, 3), "slowest epoch s": round(slowest, 3),
             "slowest / median": round(slowest / median, 2), "wall s": round(wall, 1),

@@ -158,7 +158,8 @@ class Compute:
 
     def __str__(self) -> str:
         layout = ", channels_last" if self.channels_last else ""
-        return f"{self.device}, {precision_name(self.amp_dtype)}{layout}, {torch.get_num_threads()} threads"
+        n = torch.get_num_threads()
+        return f"{self.device}, {precision_name(self.amp_dtype)}{layout}, {n} thread{'s' if n != 1 else ''}"
 
 
 def build_compute(cfg: Config, device: torch.device) -> Compute:
