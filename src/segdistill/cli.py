@@ -123,6 +123,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not report.ok:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
+        if report.mask_stats and is_main_process():
+            log.info("data fingerprint: %s", "; ".join(f"{k} {v}" for k, v in report.fingerprint().rows().items()))
     result = fit(cfg, overwrite=args.overwrite, started=STARTED)
     if is_main_process():
         print(f"results: {result.run_dir}")

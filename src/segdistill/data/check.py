@@ -17,6 +17,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from .discovery import Pair, Split, discover
+from .fingerprint import Fingerprint, MaskStats, fingerprint, mask_stats
 from .imageio import image_channels, mask_to_array, open_image
 
 
@@ -31,6 +32,12 @@ class CheckReport:
     mask_values: Counter = field(default_factory=Counter)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     fg_fractions: list[float] = field(default_factory=list)
+    mask_stats: list[MaskStats] = field(default_factory=list)
+    channels: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> Fingerprint:
+        """The data's fingerprint (data/fingerprint.py) from what the check read."""
+        return fingerprint(self.mask_stats, self.sizes, self.channels)
 
     @property
     def ok(self) -> bool:
@@ -49,6 +56,7 @@ class CheckReport:
             "width min/median/max": f"{min(ws)}/{int(np.median(ws))}/{max(ws)}",
             "height min/median/max": f"{min(hs)}/{int(np.median(hs))}/{max(hs)}",
             "foreground fraction mean (min-max)": f"{fg.mean():.3f} ({fg.min():.3f}-{fg.max():.3f})",
+            **(self.fingerprint().rows() if self.mask_stats else {}),
             "errors": len(self.errors),
             "warnings": len(self.warnings),
         }
@@ -72,6 +80,7 @@ def check_pair(pair: Pair, invert: bool, report: CheckReport) -> None:
     bits = 16 if im.mode.startswith("I;16") or im.mode == "I" else 8
     report.image_modes[f"{im.mode}/{image_channels(im)}ch/{bits}-bit"] += 1
     report.sizes.append(im.size)
+    report.channels.append("gray" if image_channels(im) == 1 else "rgb")
     if pair.mask is None:
         return
     try:
@@ -91,6 +100,7 @@ def check_pair(pair: Pair, invert: bool, report: CheckReport) -> None:
         fg = ~fg
     frac = float(fg.mean())
     report.fg_fractions.append(frac)
+    report.mask_stats.append(mask_stats(fg))
     if frac == 0.0:
         report.warnings.append(f"{pair.mask}: no foreground pixels (all background)")
     elif frac == 1.0:
