@@ -33,3 +33,31 @@ def test_two_process_train_validates_like_one_process_evaluate(synth_dir: Path, 
     for key in ("iou", "dice", "precision", "recall", "accuracy", "iou_per_image", "dice_per_image"):
         assert one[key] == pytest.approx(metrics[key], abs=1e-6), key
     assert one["iou"] == pytest.approx(float(best["val_iou"]), abs=1e-6)
+
+
+DISTILL_TINY = ["--epochs", "2", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8",
+                "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2",
+                "--set", "train.precision=fp32"]
+
+
+@pytest.mark.slow
+def test_two_process_distill_writes_a_complete_run(tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    proc = torchrun(["distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+                     "--output-dir", str(tmp_path), "--name", "ddp", "--baseline", *DISTILL_TINY,
+                     "--set", f"distill.cache_dir={tmp_path / 'cache2'}"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = tmp_path / "ddp"
+    for name in ("model.safetensors", "last.safetensors", "state.safetensors", "history.csv", "distill_report.json",
+                 "baseline/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert len(list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))) == 2
+    report = json.loads((run / "distill_report.json").read_text(encoding="utf-8"))
+    assert report["validation"] == "labels" and report["student"]["val_iou"] is not None
+    assert report["baseline_labels_only"]["val_iou"] is not None
+    # The ranks labelled their shares of the images: the cache one process writes, byte for byte.
+    assert report["teacher_forward_passes"] == 12
+    assert main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+                 "--output-dir", str(tmp_path), "--name", "one", *DISTILL_TINY, "--set", f"distill.cache_dir={tmp_path / 'cache1'}"]) == 0
+    two = {p.relative_to(tmp_path / "cache2"): p.read_bytes() for p in (tmp_path / "cache2").rglob("*.png")}
+    one = {p.relative_to(tmp_path / "cache1"): p.read_bytes() for p in (tmp_path / "cache1").rglob("*.png")}
+    assert len(one) == 12 and two == one

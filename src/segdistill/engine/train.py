@@ -30,7 +30,15 @@ from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
-from ..distributed import all_ranks, cleanup, init_distributed, is_main_process, sync_buffers, world_size
+from ..distributed import (
+    all_ranks,
+    cleanup,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    sync_buffers,
+    world_size,
+)
 from ..errors import ConfigError, TrainingError
 from ..fileio import write_json
 from ..losses import LossFn, make_task_loss
@@ -209,12 +217,14 @@ def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrit
         return FitResult(run_dir, rec.history, rec.best_row())
     set_threads(cfg.threads)
     device = select_device(cfg.device)
+    fresh = not is_distributed()  # a distillation's labels-only twin runs inside its process group
     distributed = init_distributed(device)
     torch.manual_seed(cfg.seed)
     try:
         return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started)
     finally:
-        cleanup()
+        if fresh:
+            cleanup()
 
 
 def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distributed: bool, started: float) -> FitResult:
