@@ -61,3 +61,20 @@ def test_two_process_distill_writes_a_complete_run(tiny_model: Path, synth_dir: 
     two = {p.relative_to(tmp_path / "cache2"): p.read_bytes() for p in (tmp_path / "cache2").rglob("*.png")}
     one = {p.relative_to(tmp_path / "cache1"): p.read_bytes() for p in (tmp_path / "cache1").rglob("*.png")}
     assert len(one) == 12 and two == one
+
+
+@pytest.mark.slow
+def test_one_rank_killed_mid_epoch_then_resume_completes(synth_dir: Path, tmp_path: Path) -> None:
+    # 8 crops an epoch over 2 ranks in batches of 4: one step per rank per epoch, so rank 1 dies in
+    # epoch 3, after its optimiser step and before the epoch ends; torchrun then stops rank 0.
+    args = ["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "k", *TINY_TRAIN, "--epochs", "4"]
+    killed = torchrun(args, failpoint="train_step:3@1")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stdout, killed.stdout[-3000:]
+    run = tmp_path / "k"
+    before = len(list(csv.DictReader(open(run / "history.csv", encoding="utf-8"))))
+    assert 2 <= before < 4
+    resumed = torchrun(["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    rows = list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert all(r["val_iou"] != "" for r in rows)
