@@ -56,3 +56,20 @@ def assert_resumed_run_matches(full: Path, cut: Path, epochs: int, image_size: i
     mb, _ = load_model(cut / "last.safetensors")
     x = torch.randn(1, 1, image_size, image_size)
     assert torch.allclose(ma(x), mb(x), atol=1e-3)
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def torchrun(args: list[str], nproc: int = 2, failpoint: str | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=NPROC -m segdistill -q ARGS`` on this checkout's
+    code (CPU, Gloo); waits for torchrun itself to exit (it tears down the other ranks when one
+    dies). ``failpoint`` as in spawn, given to every rank (``"train_step:5@1"`` fires on rank 1 only)."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("SEGDISTILL_FAILPOINT", None)
+    if failpoint:
+        env["SEGDISTILL_FAILPOINT"] = failpoint
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "segdistill", "-q", *args]
+    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HANG_GUARD_S,
+                          text=True, errors="replace")

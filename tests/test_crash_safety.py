@@ -86,6 +86,10 @@ def test_failpoint_specs_are_checked():
 
     assert parse("train_step:3, write:1") == {"train_step": 3, "write": 1}
     assert parse("") == {}
-    for bad in ("train_step", "train_step:0", "nowhere:2", "write:x"):
+    for bad in ("train_step", "train_step:0", "nowhere:2", "write:x", "train_step:2@", "train_step:2@x"):
         with pytest.raises(ValueError, match="SEGDISTILL_FAILPOINT"):
             parse(bad)
+    # NAME:N@R: only the process of rank R (torchrun gives all ranks one environment)
+    assert parse("train_step:5@1", rank=1) == {"train_step": 5}
+    assert parse("train_step:5@1", rank=0) == {}
+    assert parse("train_step:5@1,write:2", rank=0) == {"write": 2}

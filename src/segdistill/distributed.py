@@ -6,6 +6,7 @@ Single-process runs (the usual case) go through the same functions, which then d
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,6 +39,39 @@ def init_distributed(device: torch.device) -> bool:
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
     return True
+
+
+def is_distributed() -> bool:
+    """True inside a process group (torchrun with more than one process)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def shard(n: int) -> range:
+    """This rank's share of ``n`` items: every world_size-th from its rank, so the shares are
+    disjoint, cover all items once, and no item is padded in twice (a padded duplicate would count
+    twice in metrics summed over ranks)."""
+    if not is_distributed():
+        return range(n)
+    return range(dist.get_rank(), n, dist.get_world_size())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP keeps the weights equal,
+    but each rank's last training forward updates its own running statistics from its own crops: a
+    sharded validation must score, on every rank, the model that rank 0 saves."""
+    if not is_distributed():
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def broadcast_floats(values: list[float], device: torch.device) -> list[float]:

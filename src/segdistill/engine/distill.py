@@ -28,17 +28,17 @@ from ..checkpoint import ModelInfo, file_sha256, load_model
 from ..config import Config, as_config, validate_distill
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import collect_images, discover
-from ..distributed import world_size
+from ..distributed import cleanup, init_distributed, is_distributed, sync_buffers
 from ..errors import ConfigError, SegdistillError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
-from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
+from ..runtime import autocast, select_device, set_threads, use_channels_last
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
 from .targets import build_target_cache, mean_foreground
-from .train import fit
+from .train import fit, make_loaders
 
 log = logging.getLogger("segdistill")
 
@@ -84,6 +84,23 @@ class KDLoss(nn.Module):
         return kd
 
 
+class StudentLoss(nn.Module):
+    """The student and its distillation loss as one module: the loss's feature adapters learn too,
+    so under torchrun DDP must average the gradients of both (it wraps this module)."""
+
+    def __init__(self, student: nn.Module, kd: KDLoss, amp_dtype: torch.dtype | None) -> None:
+        super().__init__()
+        self.student, self.kd, self.amp_dtype = student, kd, amp_dtype
+
+    def forward(self, x: torch.Tensor, t_logits: torch.Tensor, t_feats: list[torch.Tensor] | None,
+                labels: torch.Tensor | None) -> torch.Tensor:
+        features = bool(self.kd.adapters)
+        with autocast(x.device, self.amp_dtype):
+            s_out = self.student(x, return_features=True) if features else self.student(x)
+        s_logits, s_feats = s_out if features else (s_out, None)
+        return self.kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
+
+
 def distill_one_epoch(
     student: nn.Module,
     teacher: nn.Module | None,
@@ -96,13 +113,16 @@ def distill_one_epoch(
     desc: str = "distill",
     mixup: float = 0.0,
     teacher_channels_last: bool = False,
+    step_module: nn.Module | None = None,
 ) -> tuple[float, int]:
     """One pass; the teacher runs on each batch when given (online), else batches carry cached
     ``soft`` targets. ``mixup`` > 0 (online only) blends each batch with a shuffled copy of itself,
-    weight ~ Beta(mixup, mixup), before teacher and student see it. Returns (mean loss, teacher
-    forward passes)."""
+    weight ~ Beta(mixup, mixup), before teacher and student see it. ``step_module`` computes the
+    loss (default: a StudentLoss of ``student`` and ``kd``; under torchrun, one wrapped in DDP).
+    Returns (mean loss, teacher forward passes)."""
     kd.train()
     device, amp_dtype, features = cp.device, cp.amp_dtype, bool(kd.adapters)
+    step = step_module if step_module is not None else StudentLoss(student, kd, amp_dtype)
     teacher_passes = 0
     beta = torch.distributions.Beta(mixup, mixup) if mixup > 0 else None
 
@@ -121,11 +141,8 @@ def distill_one_epoch(
             teacher_passes += 1
         else:
             t_logits = prob_to_logit(batch["soft"].to(device))  # (B, 1, h, w)
-        with autocast(device, amp_dtype):
-            s_out = student(x, return_features=True) if features else student(x)
-        s_logits, s_feats = s_out if features else (s_out, None)
         labels = batch["mask"].to(device) if "mask" in batch else None
-        return kd(s_logits.float(), t_logits, s_feats, t_feats, labels)
+        return step(x, t_logits, t_feats, labels)
 
     params = list(student.parameters()) + list(kd.parameters())
     mean_loss = run_epoch(student, loader, batch_loss, opt.optimizer, params, scaler=opt.scaler, scheduler=opt.scheduler,
@@ -163,9 +180,11 @@ class DistillData:
     cache_folder: Path
 
 
-def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teacher_path: Path) -> DistillData:
+def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teacher_path: Path,
+                       device: torch.device) -> DistillData:
     """Transfer and validation images (validation images never transfer), the teacher's targets for
-    them (cached, or for validation only with online targets) and the loaders."""
+    them (cached, or for validation only with online targets) and the loaders (under torchrun, each
+    rank draws its share of the crops, as in training)."""
     d = cfg.distill
     transfer, val_items, label_of = _split_transfer(cfg)
     need = [p for p, _ in val_items] + (transfer if d.targets == "cached" else [])
@@ -177,9 +196,7 @@ def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teache
     train_set = SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
                            length=cfg.train.samples_per_epoch or len(items), seed=cfg.seed, cache=cfg.data.cache)
     val_set = SegDataset([Item(p, m, targets[p]) for p, m in val_items], pre, train=False, cache=True, resize_masks=False)
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, num_workers=resolve_workers(cfg.train.num_workers),
-                              drop_last=len(train_set) > cfg.train.batch_size)
-    val_loader = DataLoader(val_set, batch_size=1, num_workers=0) if len(val_set) else None
+    train_loader, val_loader = make_loaders(cfg, train_set, val_set, device)
     labelled = cfg.data.root is not None or cfg.data.train_images is not None
     val_key = "mask" if labelled and val_loader is not None else "soft"
     return DistillData(transfer, train_set, train_loader, val_loader, val_key, targets, stats.forward_passes, stats.folder)
@@ -219,8 +236,6 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
     see the module docstring. ``started``: as in ``fit``."""
     started = time.monotonic() if started is None else started
-    if world_size() > 1:
-        raise ConfigError("distill runs in a single process; launch it without torchrun")
     cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
     done = complete_message(cfg, run_dir, state)
     report_path = run_dir / "distill_report.json"
@@ -232,10 +247,20 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     validate_distill(cfg)
     cfg = student_config(cfg)
     set_threads(cfg.threads)
-    d, device = cfg.distill, select_device(cfg.device)
+    device = select_device(cfg.device)
+    fresh = not is_distributed() and init_distributed(device)  # a twin's fit inside a run keeps the group
     torch.manual_seed(cfg.seed)
+    try:
+        return _distill(cfg, run_dir, state, device, started)
+    finally:
+        if fresh:
+            cleanup()
+
+
+def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float) -> DistillResult:
+    d = cfg.distill
     teacher, tinfo = load_model(Path(d.teacher), device)  # type: ignore[arg-type]
-    data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher))  # type: ignore[arg-type]
+    data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher), device)  # type: ignore[arg-type]
     cp = build_compute(cfg, device)
     student = create_model(d.student.name, in_channels=tinfo.preprocess.in_channels, **d.student.args).to(device)
     kd = _kd_loss(cfg, data, student, teacher).to(device)
@@ -249,15 +274,17 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
                    labelled=data.val_key == "mask")
     parts = {"model": student, "kd": kd, **opt.parts()}
     epoch = begin(run_dir, cfg, state, parts, rec)
+    step = _wrap(StudentLoss(student, kd, cp.amp_dtype), device)  # after a resume has restored both
     teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
     teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
-    _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)
+    if rec.main:
+        _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)
     t_run = time.perf_counter()
     while epoch <= clock.epochs:
         t0 = time.perf_counter()
         data.train_set.set_epoch(epoch)
         loss, n = _distill_epoch(student, teacher if d.targets == "online" else None, kd, opt, data, cp, cfg,
-                                 f"distill {epoch}/{clock.epochs}", run_dir, teacher_cl)
+                                 f"distill {epoch}/{clock.epochs}", run_dir, teacher_cl, step)
         passes += n
         final = opt.ema.module if opt.ema is not None else student  # what is validated and saved
         t_val = time.perf_counter()
@@ -272,16 +299,20 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
             opt.plateau.step(row["val_iou"])
         summary = {"distilled_from": Path(d.teacher).name, "teacher_sha256": teacher_sha, "epoch": epoch,  # type: ignore[arg-type]
                    "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement"}
-        rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
+        if rec.main:
+            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
         if rec.should_stop(cfg.train.early_stopping):
             break
         epoch += 1
     rec.plot()  # an early stop ends before the last planned epoch
-    log.info("teacher forward passes in this run: %d", passes)
+    if rec.main:
+        log.info("teacher forward passes in this run: %d", passes)
     minutes = (time.perf_counter() - t_run) / 60
     twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
-    if d.baseline and twin is None:
+    if d.baseline and twin is None and rec.main:
         log.warning("--baseline needs labelled data (--data); skipped")
+    if not rec.main:  # the report measures and writes: the main process's work
+        return DistillResult(run_dir, rec.history, {})
     report = distill_report(cfg, run_dir, teacher, tinfo, rec, teacher_metrics, data.val_key, passes, data.cache_folder,
                             minutes, twin)
     return DistillResult(run_dir, rec.history, report)
@@ -347,18 +378,26 @@ def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Mod
 
 
 def _distill_epoch(student: nn.Module, teacher: nn.Module | None, kd: KDLoss, opt: Optimization, data: DistillData,
-                   cp: Compute, cfg: Config, desc: str, run_dir: Path, teacher_cl: bool) -> tuple[float, int]:
+                   cp: Compute, cfg: Config, desc: str, run_dir: Path, teacher_cl: bool, step: nn.Module) -> tuple[float, int]:
     try:
         return distill_one_epoch(student, teacher, kd, opt, data.train_loader, cp, grad_clip=cfg.train.grad_clip,
-                                 desc=desc, mixup=cfg.distill.mixup, teacher_channels_last=teacher_cl)
+                                 desc=desc, mixup=cfg.distill.mixup, teacher_channels_last=teacher_cl, step_module=step)
     except TrainingError as e:
         raise TrainingError(f"{e}; distillation stopped. The last good checkpoint is kept in {run_dir}") from None
+
+
+def _wrap(step: StudentLoss, device: torch.device) -> nn.Module:
+    """DDP across ranks (the student's and the adapters' gradients averaged), else ``step`` itself."""
+    if not is_distributed():
+        return step
+    return nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> dict[str, float]:
     """Validation metrics against labels or the teacher (``val_key``), plus ``agreement``: the IoU
     of the student's masks with the teacher's."""
     assert data.val_loader is not None
+    sync_buffers(model)  # every rank scores the model rank 0 saves
     m = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key).metrics
     agree = m if data.val_key == "soft" else evaluate(model, data.val_loader, cp.device, threshold, target_key="soft").metrics
     return {**{k: round(v, 6) for k, v in m.items() if k in ("iou", "dice")}, "agreement": round(agree["iou"], 6),

@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..distributed import gather_objects, is_distributed, shard
 from ..errors import DataError
 from ..failpoints import failpoint
 from ..inference.tta import tta_logits
@@ -67,10 +68,10 @@ def evaluate(
     probabilities, binarised at ``threshold``: agreement with the teacher).
     """
     model.eval()
-    parts: list[Counts] = []
-    per_image: list[dict[str, Any]] = []
+    # Each image's (index, counts, row) and each batch's summed loss, from this rank's share.
+    mine: list[tuple[int, Counts, dict[str, Any]]] = []
     loss_sum, loss_n = 0.0, 0
-    for batch in loader:
+    for batch in _my_share(loader):
         image = batch["image"].to(device)
         target = batch[target_key].to(device)  # (B, 1, H, W)
         logits = logits_at(model, image, tuple(target.shape[-2:]), amp_dtype, channels_last, tta, label_offset)
@@ -81,18 +82,33 @@ def evaluate(
         # A teacher's soft map is cut at the same threshold as the model: its own masks.
         ref = target > (threshold if target_key == "soft" else 0.5)
         c = confusion(pred, ref)
-        parts.append(c)
         s = scores(c)
         for j, idx in enumerate(batch["index"].tolist()):
             row: dict[str, Any] = {"image": names[idx] if names else idx}
             row.update({k: float(v[j]) for k, v in s.items()})
             row["gt_fraction"] = float((c.tp[j] + c.fn[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
             row["pred_fraction"] = float((c.tp[j] + c.fp[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
-            per_image.append(row)
+            one = Counts(*(t[j:j + 1].cpu() for t in (c.tp, c.fp, c.fn, c.tn)))
+            mine.append((idx, one, row))
         failpoint("val_step")
-    if not parts:
+    # Under torchrun each rank scored its share; every rank gets all images' counts, in image order,
+    # so the metrics are those of one process: pooled from summed counts, per-image means over all.
+    shares = gather_objects((mine, loss_sum, loss_n))
+    images = sorted((item for share in shares for item in share[0]), key=lambda item: item[0])
+    loss_sum, loss_n = sum(share[1] for share in shares), sum(share[2] for share in shares)
+    if not images:
         return EvalResult(metrics={}, per_image=[])
-    return EvalResult(summarise(Counts.cat(parts)), per_image, loss_sum / loss_n if loss_n else None)
+    counts = Counts.cat([c for _, c, _ in images])
+    return EvalResult(summarise(counts), [row for _, _, row in images], loss_sum / loss_n if loss_n else None)
+
+
+def _my_share(loader: DataLoader) -> DataLoader:
+    """``loader``, or under torchrun a loader of this rank's share of its images (disjoint, no
+    padding; see distributed.shard)."""
+    if not is_distributed():
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=shard(len(loader.dataset)),  # type: ignore[arg-type]
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from ..checkpoint import ModelInfo, file_sha256
 from ..data.imageio import open_image
+from ..distributed import all_ranks, is_main_process, shard
+from ..errors import TrainingError
 from ..fileio import atomic_path
 from ..runtime import select_device
 
@@ -68,13 +70,26 @@ def build_target_cache(
         out[img] = target
         if not target.is_file():
             todo.append((img, target))
-    for img, target in tqdm(todo, desc="teacher targets", disable=None, leave=False):
-        x = pre.normalise(pre.load(img))[None].to(dev)  # (1, C, h, w)
-        prob = torch.sigmoid(teacher(x).float())[0, 0].cpu().numpy()  # (h, w)
-        with atomic_path(target) as tmp:
-            Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+    # Under torchrun each rank labels its share of the missing images. The ranks agree on what is
+    # missing before any of them writes; the files (named by content, written atomically) are the
+    # ones one process writes; a rank that fails stops all of them.
+    all_ranks(True, dev)
+    try:
+        for i in tqdm(shard(len(todo)), desc="teacher targets", disable=None if is_main_process() else True, leave=False):
+            img, target = todo[i]
+            x = pre.normalise(pre.load(img))[None].to(dev)  # (1, C, h, w)
+            prob = torch.sigmoid(teacher(x).float())[0, 0].cpu().numpy()  # (h, w)
+            with atomic_path(target) as tmp:
+                Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
+    except BaseException:
+        all_ranks(False, dev)  # release the other ranks (nothing to do in one process)
+        raise
+    if not all_ranks(True, dev):  # also a barrier: no rank reads a target before all are written
+        raise TrainingError("teacher labelling failed on another rank (its message is above)")
     stats = CacheStats(forward_passes=len(todo), cached=len(images) - len(todo), folder=folder)
-    log.info("teacher targets: %d teacher forward passes, %d from cache (%s)", stats.forward_passes, stats.cached, folder)
+    if is_main_process():
+        log.info("teacher targets: %d teacher forward passes, %d from cache (%s)", stats.forward_passes, stats.cached,
+                 folder)
     return out, stats
 
 

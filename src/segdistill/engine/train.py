@@ -30,7 +30,15 @@ from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
-from ..distributed import all_ranks, broadcast_floats, cleanup, init_distributed, is_main_process, world_size
+from ..distributed import (
+    all_ranks,
+    cleanup,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    sync_buffers,
+    world_size,
+)
 from ..errors import ConfigError, TrainingError
 from ..fileio import write_json
 from ..losses import LossFn, make_task_loss
@@ -209,12 +217,14 @@ def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrit
         return FitResult(run_dir, rec.history, rec.best_row())
     set_threads(cfg.threads)
     device = select_device(cfg.device)
+    fresh = not is_distributed()  # a distillation's labels-only twin runs inside its process group
     distributed = init_distributed(device)
     torch.manual_seed(cfg.seed)
     try:
         return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started)
     finally:
-        cleanup()
+        if fresh:
+            cleanup()
 
 
 def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distributed: bool, started: float) -> FitResult:
@@ -239,13 +249,14 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         data.train_set.set_epoch(epoch)
         train_loss = _train_epoch(train_model, loss_fn, opt, data.train_loader, cp, cfg, f"epoch {epoch}/{clock.epochs}", run_dir)
         result, val_seconds = EvalResult(metrics={}), None
-        if data.val_loader is not None and rec.main and validates(epoch, cfg, clock):
+        if data.val_loader is not None and validates(epoch, cfg, clock):
+            # Every rank scores its share and gets the same metrics, so every rank decides alike.
             t_val = time.perf_counter()
+            sync_buffers(final)
             result = evaluate(final, data.val_loader, cp.device, cfg.train.threshold, loss_fn, cp.amp_dtype, cp.channels_last)
             val_seconds = time.perf_counter() - t_val
-        (iou,) = broadcast_floats([result.metrics.get("iou", -1.0)], cp.device)  # every rank decides alike
         row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": _round(result.loss),
-               "val_iou": None if iou < 0 else round(iou, 6), "val_dice": _round(result.metrics.get("dice")),
+               "val_iou": _round(result.metrics.get("iou")), "val_dice": _round(result.metrics.get("dice")),
                "lr": _sig6(opt.optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 2)}
         improved = rec.update(row, result.metrics)
         if end_epoch_plan(clock, epoch, val_seconds, cp.device):
@@ -260,8 +271,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
             break
         epoch += 1
     rec.plot()  # an early stop ends before the last planned epoch
-    if rec.main:
-        _log_summary(cfg, run_dir, data, rec, cp, t_run)
+    _log_summary(cfg, run_dir, data, rec, cp, t_run)
     return FitResult(run_dir, rec.history, rec.best_row())
 
 
@@ -304,14 +314,17 @@ def _log_start(cfg: Config, run_dir: Path, data: RunData, model: nn.Module, cp: 
 
 
 def _log_summary(cfg: Config, run_dir: Path, data: RunData, rec: Recorder, cp: Compute, t_run: float) -> None:
+    """The summary table (main process); every rank calls it, since the TTA evaluation is sharded."""
+    all_ranks(True, cp.device)  # a barrier: the main process has written the best model the ranks load
     best = rec.best_row()
     row: dict[str, Any] = {"run": str(run_dir), "epochs": len(rec.history), "best epoch": rec.best_epoch or len(rec.history),
                            "val IoU": best.get("val_iou"), "val Dice": best.get("val_dice")}
     if cfg.train.tta > 1 and data.val_loader is not None and (run_dir / "model.safetensors").exists():
         row.update(_evaluate_with_tta(cfg, data, run_dir, cp))
     row["time"] = format_duration(time.perf_counter() - t_run)
-    log.info("\n%s\n", format_table([row], title="Training summary"))
-    log.info("model: %s", run_dir / "model.safetensors")
+    if rec.main:
+        log.info("\n%s\n", format_table([row], title="Training summary"))
+        log.info("model: %s", run_dir / "model.safetensors")
 
 
 def _sig6(lr: float) -> float:
@@ -333,7 +346,8 @@ def _evaluate_with_tta(cfg: Config, data: RunData, run_dir: Path, cp: Compute) -
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics["tta"] = {"views": info.tta, "label_offset": info.label_offset, **result.metrics}
-    write_json(metrics_path, metrics)
+    if is_main_process():
+        write_json(metrics_path, metrics)
     return {f"val IoU (TTA x{info.tta})": result.metrics.get("iou"), f"val Dice (TTA x{info.tta})": result.metrics.get("dice")}
 
 

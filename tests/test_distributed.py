@@ -1,0 +1,80 @@
+"""Several processes under torchrun (CPU, Gloo): the same results as one process."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from segdistill.cli import main
+
+from .conftest import TINY_TRAIN
+from .helpers import torchrun
+
+
+@pytest.mark.slow
+def test_two_process_train_validates_like_one_process_evaluate(synth_dir: Path, tmp_path: Path) -> None:
+    # fp32: evaluate runs in fp32, and validation under bf16 autocast (auto on this CPU) flips pixels
+    # whose probability is within bf16 rounding of the threshold, in one process as in two.
+    proc = torchrun(["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "ddp", *TINY_TRAIN,
+                     "--set", "train.precision=fp32"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = tmp_path / "ddp"
+    history = list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))
+    assert len(history) == 2
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    best = next(r for r in history if int(r["epoch"]) == metrics["epoch"])
+    # One process scores the validation images the run held out, with the saved best model.
+    assert main(["-q", "evaluate", str(run / "model.safetensors"), "--data", str(synth_dir),
+                 "--out", str(tmp_path / "eval.csv")]) == 0
+    one = json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
+    for key in ("iou", "dice", "precision", "recall", "accuracy", "iou_per_image", "dice_per_image"):
+        assert one[key] == pytest.approx(metrics[key], abs=1e-6), key
+    assert one["iou"] == pytest.approx(float(best["val_iou"]), abs=1e-6)
+
+
+DISTILL_TINY = ["--epochs", "2", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8",
+                "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2",
+                "--set", "train.precision=fp32"]
+
+
+@pytest.mark.slow
+def test_two_process_distill_writes_a_complete_run(tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    proc = torchrun(["distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+                     "--output-dir", str(tmp_path), "--name", "ddp", "--baseline", *DISTILL_TINY,
+                     "--set", f"distill.cache_dir={tmp_path / 'cache2'}"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    run = tmp_path / "ddp"
+    for name in ("model.safetensors", "last.safetensors", "state.safetensors", "history.csv", "distill_report.json",
+                 "baseline/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert len(list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))) == 2
+    report = json.loads((run / "distill_report.json").read_text(encoding="utf-8"))
+    assert report["validation"] == "labels" and report["student"]["val_iou"] is not None
+    assert report["baseline_labels_only"]["val_iou"] is not None
+    # The ranks labelled their shares of the images: the cache one process writes, byte for byte.
+    assert report["teacher_forward_passes"] == 12
+    assert main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+                 "--output-dir", str(tmp_path), "--name", "one", *DISTILL_TINY, "--set", f"distill.cache_dir={tmp_path / 'cache1'}"]) == 0
+    two = {p.relative_to(tmp_path / "cache2"): p.read_bytes() for p in (tmp_path / "cache2").rglob("*.png")}
+    one = {p.relative_to(tmp_path / "cache1"): p.read_bytes() for p in (tmp_path / "cache1").rglob("*.png")}
+    assert len(one) == 12 and two == one
+
+
+@pytest.mark.slow
+def test_one_rank_killed_mid_epoch_then_resume_completes(synth_dir: Path, tmp_path: Path) -> None:
+    # 8 crops an epoch over 2 ranks in batches of 4: one step per rank per epoch, so rank 1 dies in
+    # epoch 3, after its optimiser step and before the epoch ends; torchrun then stops rank 0.
+    args = ["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "k", *TINY_TRAIN, "--epochs", "4"]
+    killed = torchrun(args, failpoint="train_step:3@1")
+    assert killed.returncode != 0 and "SIGKILL" in killed.stdout, killed.stdout[-3000:]
+    run = tmp_path / "k"
+    before = len(list(csv.DictReader(open(run / "history.csv", encoding="utf-8"))))
+    assert 2 <= before < 4
+    resumed = torchrun(["train", "--resume", str(run)])
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    rows = list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert all(r["val_iou"] != "" for r in rows)
