@@ -78,3 +78,17 @@ def test_one_rank_killed_mid_epoch_then_resume_completes(synth_dir: Path, tmp_pa
     rows = list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert all(r["val_iou"] != "" for r in rows)
+
+
+@pytest.mark.slow
+def test_two_process_self_training_labels_in_shards(synth_dir: Path, tmp_path: Path) -> None:
+    from segdistill.data.synth import make_synthetic_dataset
+    from segdistill.engine.semi import labels_match
+
+    unlabelled = make_synthetic_dataset(tmp_path / "u", count=5, size=48, seed=5) / "images"
+    proc = torchrun(["train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "semi", *TINY_TRAIN,
+                     "--unlabelled", str(unlabelled), "--set", "semi.start_epoch=2", "--set", "semi.refresh_every=0"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    images = sorted(unlabelled.glob("*.png"))
+    assert labels_match(tmp_path / "semi" / "pseudo", images)  # every share written, then the index
+    assert len(list(csv.DictReader(open(tmp_path / "semi" / "history.csv", encoding="utf-8")))) == 2

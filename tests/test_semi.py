@@ -203,3 +203,22 @@ def test_pseudo_labels_of_other_images_are_remade_on_resume(tmp_path):
     assert not labels_match(tmp_path / "pseudo", images[::-1])
     (tmp_path / "pseudo" / "00001.png").unlink()
     assert not labels_match(tmp_path / "pseudo", images)
+
+
+def test_pseudo_labels_made_in_shards_equal_one_pass(tmp_path):
+    # Under torchrun each rank labels images rank::world_size; together they are the one-process set.
+    from segdistill.engine.semi import write_label_index
+
+    rng = np.random.default_rng(0)
+    images = [_write(tmp_path / "u" / f"{i}.png", (rng.random((12, 10)) * 255).astype(np.uint8)) for i in range(5)]
+    torch.manual_seed(0)
+    model = nn.Conv2d(1, 1, 3, padding=1)
+    whole = make_pseudo_labels(model, Preprocess(), images, tmp_path / "one", torch.device("cpu"), tta=True)
+    for k in range(2):
+        make_pseudo_labels(model, Preprocess(), images, tmp_path / "two", torch.device("cpu"), tta=True, shard=(k, 2))
+    from segdistill.engine.semi import labels_match
+
+    assert not labels_match(tmp_path / "two", images)  # no index until every share is written
+    write_label_index(tmp_path / "two", images)
+    assert labels_match(tmp_path / "two", images)
+    assert [p.read_bytes() for p in whole] == [(tmp_path / "two" / p.name).read_bytes() for p in whole]

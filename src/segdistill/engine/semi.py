@@ -109,12 +109,18 @@ def make_pseudo_labels(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     label_offset: Sequence[float] = (0.0, 0.0),
+    shard: tuple[int, int] = (0, 1),
 ) -> list[Path]:
     """Write the model's probabilities for each image as an 8-bit PNG (``folder/00000.png``, ...,
     atomically), then ``folder/images.txt`` naming the image of each, and return the label paths.
-    The model's train/eval mode is restored."""
+    The model's train/eval mode is restored.
+
+    ``shard`` = (k, n): label only images k, k + n, k + 2n, ... (one rank's share under torchrun) and
+    leave images.txt to :func:`write_label_index`, once every share is written."""
+    k, n = shard
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / INDEX).unlink(missing_ok=True)  # labels being remade are not a complete set
+    if k == 0:
+        (folder / INDEX).unlink(missing_ok=True)  # labels being remade are not a complete set
     out = pseudo_paths(folder, len(images))
     was_training = model.training
     if channels_last and not _is_channels_last(model):
@@ -123,7 +129,7 @@ def make_pseudo_labels(
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
     model.eval()
     try:
-        for img, target in tqdm(list(zip(images, out)), desc="pseudo-labels", leave=False, disable=None if is_main_process() else True):
+        for img, target in tqdm(list(zip(images, out))[k::n], desc="pseudo-labels", leave=False, disable=None if is_main_process() else True):
             x = pre.normalise(pre.load(img))[None].to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -132,8 +138,14 @@ def make_pseudo_labels(
                 Image.fromarray((prob * 255).round().astype(np.uint8)).save(tmp, format="PNG")
     finally:
         model.train(was_training)
-    write_text(folder / INDEX, "".join(f"{p.resolve()}\n" for p in images))
+    if n == 1:
+        write_label_index(folder, images)
     return out
+
+
+def write_label_index(folder: Path, images: list[Path]) -> None:
+    """``folder/images.txt``: the image of each label, written last, so that it marks a complete set."""
+    write_text(folder / INDEX, "".join(f"{p.resolve()}\n" for p in images))
 
 
 def _is_channels_last(model: nn.Module) -> bool:

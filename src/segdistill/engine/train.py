@@ -36,6 +36,7 @@ from ..distributed import (
     init_distributed,
     is_distributed,
     is_main_process,
+    rank,
     sync_buffers,
     world_size,
 )
@@ -49,7 +50,15 @@ from .clock import format_duration
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
-from .semi import MixedDataset, labels_match, make_pseudo_labels, pseudo_paths, refresh_due, unlabelled_images
+from .semi import (
+    MixedDataset,
+    labels_match,
+    make_pseudo_labels,
+    pseudo_paths,
+    refresh_due,
+    unlabelled_images,
+    write_label_index,
+)
 
 log = logging.getLogger("segdistill")
 
@@ -355,27 +364,32 @@ def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, m
                           epoch: int, cp: Compute, main: bool) -> None:
     """(Re)make the pseudo-labels when due, or when a resumed run does not find a complete set for
     these images (then they come from the resumed model, and the run is no longer bit-identical to an
-    uninterrupted one); then let the training set draw on them. The main process writes them; the
-    other ranks wait for it, and stop with it if it fails."""
+    uninterrupted one); then let the training set draw on them. Under torchrun each rank labels
+    its share of the images (rank::world_size); the main process writes the index once all are
+    written; a rank that fails stops all of them."""
     device, amp_dtype = cp.device, cp.amp_dtype
     folder = run_dir / "pseudo"
     complete = labels_match(folder, data.unlabelled)
     if refresh_due(epoch, cfg.semi) or not all_ranks(complete, device):
         if main and not complete and not refresh_due(epoch, cfg.semi):
             log.warning("%s: no complete set of pseudo-labels for these images; remaking them", folder)
+        t0 = time.perf_counter()
+        try:
+            make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
+                               label_offset=cfg.data.label_offset, shard=(rank(), world_size()),
+                               channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
+        except BaseException:
+            all_ranks(False, device)  # release the waiting ranks (nothing to do in one process)
+            raise
+        if not all_ranks(True, device):  # also a barrier: every share is written before the index
+            raise TrainingError("making the pseudo-labels failed on another rank")
         if main:
-            t0 = time.perf_counter()
-            try:
-                make_pseudo_labels(model, data.pre, data.unlabelled, folder, device, tta=cfg.semi.tta, amp_dtype=amp_dtype,
-                                   label_offset=cfg.data.label_offset,
-                                   channels_last=use_channels_last(cfg.train.channels_last, device, training=False))
-            except BaseException:
-                all_ranks(False, device)  # release the waiting ranks (nothing to do in one process)
-                raise
+            if world_size() > 1:
+                write_label_index(folder, data.unlabelled)
             log.info("pseudo-labels for %d unlabelled images made by the epoch-%d model in %.1fs (%s)",
                      len(data.unlabelled), epoch - 1, time.perf_counter() - t0, folder)
-        if not all_ranks(True, device):  # also a barrier: no rank reads half-written labels
-            raise TrainingError("making the pseudo-labels failed on the main process")
+        if not all_ranks(True, device):  # no rank reads the labels before the index marks them complete
+            raise TrainingError("writing the pseudo-label index failed on the main process")
         train_set.reload_pseudo()
     train_set.active = True
 
