@@ -13,7 +13,6 @@ import csv
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +25,18 @@ from torch.utils.data import DataLoader
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
 from ..config import Config, as_config, validate_distill
-from ..data.dataset import Item, SegDataset
-from ..data.discovery import collect_images, discover
 from ..distributed import cleanup, init_distributed, is_distributed, sync_buffers
-from ..errors import ConfigError, SegdistillError, TrainingError
+from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
 from ..runtime import autocast, select_device, set_threads, use_channels_last
+from .data import DistillData, build_distill_data
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
-from .targets import build_target_cache, mean_foreground
-from .train import fit, make_loaders
+from .targets import mean_foreground
+from .train import fit
 
 log = logging.getLogger("segdistill")
 
@@ -163,72 +161,6 @@ class DistillResult:
     run_dir: Path
     history: list[dict[str, Any]]
     report: dict[str, Any]
-
-
-@dataclass
-class DistillData:
-    """Transfer images with their teacher targets, and what validation compares the student with."""
-
-    transfer: list[Path]
-    train_set: SegDataset
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    val_key: str
-    """"mask" (labels given: ``data.*``) or "soft" (agreement with the teacher on held-out images)."""
-    targets: dict[Path, Path]
-    teacher_passes: int
-    cache_folder: Path
-
-
-def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teacher_path: Path,
-                       device: torch.device) -> DistillData:
-    """Transfer and validation images (validation images never transfer), the teacher's targets for
-    them (cached, or for validation only with online targets) and the loaders (under torchrun, each
-    rank draws its share of the crops, as in training)."""
-    d = cfg.distill
-    transfer, val_items, label_of = _split_transfer(cfg)
-    need = [p for p, _ in val_items] + (transfer if d.targets == "cached" else [])
-    targets, stats = build_target_cache(teacher, tinfo, teacher_path, need, Path(d.cache_dir) if d.cache_dir else None,
-                                        cfg.device)
-    pre = copy.deepcopy(tinfo.preprocess)  # the student sees exactly what the teacher saw
-    items = [Item(p, label_of.get(p.resolve()) if d.alpha > 0 else None, targets[p] if d.targets == "cached" else None)
-             for p in transfer]
-    train_set = SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
-                           length=cfg.train.samples_per_epoch or len(items), seed=cfg.seed, cache=cfg.data.cache)
-    val_set = SegDataset([Item(p, m, targets[p]) for p, m in val_items], pre, train=False, cache=True, resize_masks=False)
-    train_loader, val_loader = make_loaders(cfg, train_set, val_set, device)
-    labelled = cfg.data.root is not None or cfg.data.train_images is not None
-    val_key = "mask" if labelled and val_loader is not None else "soft"
-    return DistillData(transfer, train_set, train_loader, val_loader, val_key, targets, stats.forward_passes, stats.folder)
-
-
-def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | None]], dict[Path, Path]]:
-    """(transfer images, validation (image, mask or None) pairs, label of each labelled image)."""
-    d = cfg.distill
-    transfer = collect_images(d.images or [], cfg.data.recursive)
-    label_of: dict[Path, Path] = {}
-    if cfg.data.root is not None or cfg.data.train_images is not None:
-        split = discover(cfg.data, cfg.seed)
-        label_of = {p.image.resolve(): p.mask for p in split.train if p.mask is not None}
-        held_out = {p.image.resolve() for p in split.val}
-        before = len(transfer)
-        transfer = [p for p in transfer if p.resolve() not in held_out]
-        if before != len(transfer):
-            log.info("left %d validation images out of the transfer set", before - len(transfer))
-        val_items: list[tuple[Path, Path | None]] = [(p.image, p.mask) for p in split.val]
-    else:
-        ordered = sorted(transfer)
-        random.Random(cfg.seed).shuffle(ordered)
-        n_val = max(1, round(len(ordered) * d.val_fraction)) if len(ordered) > 1 and d.val_fraction > 0 else 0
-        val_items, transfer = [(p, None) for p in ordered[:n_val]], ordered[n_val:]
-        log.info("no labelled data: validating by agreement with the teacher on %d held-out images", n_val)
-    if not transfer:
-        raise SegdistillError("no transfer images left for training")
-    if d.alpha > 0:
-        missing = [p for p in transfer if p.resolve() not in label_of]
-        if missing:
-            raise ConfigError(f"distill.alpha > 0 needs a label for every transfer image; {missing[0]} has none")
-    return transfer, val_items, label_of
 
 
 def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,

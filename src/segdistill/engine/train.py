@@ -11,25 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from .. import __version__
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config, as_config
-from ..data.check import crop_warning, image_sizes
-from ..data.dataset import Item, SegDataset
-from ..data.discovery import Split, discover
-from ..data.imageio import read_mask
-from ..data.preprocess import Preprocess, compute_stats, infer_channels
+from ..data.preprocess import Preprocess
 from ..distributed import (
     all_ranks,
     cleanup,
@@ -40,13 +35,14 @@ from ..distributed import (
     sync_buffers,
     world_size,
 )
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from ..fileio import write_json
 from ..losses import LossFn, make_task_loss
 from ..models import create_model, resolved_args
 from ..report import format_table
-from ..runtime import autocast, resolve_workers, select_device, set_threads, use_channels_last
+from ..runtime import autocast, select_device, set_threads, use_channels_last
 from .clock import format_duration
+from .data import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
@@ -54,9 +50,7 @@ from .semi import (
     MixedDataset,
     labels_match,
     make_pseudo_labels,
-    pseudo_paths,
     refresh_due,
-    unlabelled_images,
     write_label_index,
 )
 
@@ -93,106 +87,6 @@ def train_one_epoch(
 
     return run_epoch(model, loader, batch_loss, optimizer, list(model.parameters()), scaler=scaler,
                      scheduler=scheduler, grad_clip=grad_clip, desc=desc, ema=ema)
-
-
-# --------------------------------------------------------------------------------------------------
-# Building the pieces of a run from the config.
-
-
-@dataclass
-class RunData:
-    split: Split
-    pre: Preprocess
-    train_set: SegDataset | MixedDataset
-    val_set: SegDataset | None
-    train_loader: DataLoader
-    val_loader: DataLoader | None
-    unlabelled: list[Path] = field(default_factory=list)
-    """Images for self-training (semi.images); their pseudo-labels live in RUN/pseudo/."""
-
-
-def build_preprocess(cfg: Config, train_images: list[Path]) -> Preprocess:
-    channels = cfg.data.channels if cfg.data.channels != "auto" else infer_channels(train_images)
-    mean, std = compute_stats(train_images, channels, cfg.data.max_side)
-    return Preprocess(channels=channels, mean=mean, std=std, max_side=cfg.data.max_side, invert=cfg.data.invert)
-
-
-def make_loaders(
-    cfg: Config, train_set: SegDataset, val_set: SegDataset | None, device: torch.device
-) -> tuple[DataLoader, DataLoader | None]:
-    workers = resolve_workers(cfg.train.num_workers)
-    # The dataset shuffles itself per epoch (seeded), so the sampler only shards across ranks.
-    sampler = DistributedSampler(train_set, shuffle=False) if world_size() > 1 else None
-    train_loader = DataLoader(
-        train_set,
-        batch_size=cfg.train.batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        # Each rank's share decides: a share no bigger than one batch must not be dropped whole.
-        drop_last=(len(sampler) if sampler is not None else len(train_set)) > cfg.train.batch_size,
-    )
-    val_loader = None
-    if val_set is not None and len(val_set):
-        # Whole images of varied sizes: one per batch.
-        val_loader = DataLoader(val_set, batch_size=1, shuffle=False, num_workers=workers)
-    return train_loader, val_loader
-
-
-def build_run_data(cfg: Config, device: torch.device, run_dir: Path | None = None, state: dict | None = None) -> RunData:
-    """Datasets and loaders; with ``semi.images`` set, the training set mixes in pseudo-labelled
-    crops (their labels under ``run_dir/pseudo/``) once they exist. A resumed run (``state``) keeps
-    the normalisation statistics its model was trained with."""
-    split = discover(cfg.data, cfg.seed)
-    if state is not None:
-        pre = Preprocess.from_dict(state["preprocess"])
-    else:
-        pre = build_preprocess(cfg, [p.image for p in split.train])
-    length = cfg.train.samples_per_epoch or len(split.train)
-    crops = crop_warning(cfg.train.input_size, image_sizes([p.image for p in split.train]))
-    if crops and is_main_process() and state is None:  # once, when the run starts
-        log.warning(crops)
-
-    def crops(items: list[Item], seed: int) -> SegDataset:
-        return SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
-                          length=length, seed=seed, cache=cfg.data.cache)
-
-    train_set: SegDataset | MixedDataset = crops([Item(p.image, p.mask) for p in split.train], cfg.seed)
-    labelled = {p.image.resolve() for p in split.train + split.val}
-    unlabelled = unlabelled_images(cfg, labelled) if cfg.semi.images else []
-    if unlabelled:
-        if length < 2:
-            raise ConfigError("semi.images needs train.samples_per_epoch of at least 2 (labelled and pseudo-labelled crops)")
-        folder = (run_dir if run_dir is not None else cfg.run_dir) / "pseudo"
-        pseudo = crops([Item(p, soft=t) for p, t in zip(unlabelled, pseudo_paths(folder, len(unlabelled)))],
-                       cfg.seed + 1)  # other augmentations than the labelled crops at the same index
-        train_set = MixedDataset(train_set, pseudo, length, cfg.semi.fraction, cfg.seed)
-    val_set = (
-        SegDataset([Item(p.image, p.mask) for p in split.val], pre, train=False, cache=cfg.data.cache, resize_masks=False)
-        if split.val
-        else None
-    )
-    train_loader, val_loader = make_loaders(cfg, train_set, val_set, device)
-    return RunData(split, pre, train_set, val_set, train_loader, val_loader, unlabelled)
-
-
-def foreground_fraction(masks: list[Path], invert: bool, limit: int = 200) -> float:
-    step = max(1, len(masks) // limit)
-    fractions = []
-    for m in masks[::step]:
-        arr = read_mask(m)
-        fractions.append(float((~arr if invert else arr).mean()))
-    return float(np.mean(fractions)) if fractions else 0.5
-
-
-def resolve_pos_weight(cfg: Config, split: Split) -> float | None:
-    pw = cfg.train.pos_weight
-    if pw != "auto":
-        return pw
-    f = foreground_fraction([p.mask for p in split.train if p.mask is not None], cfg.data.invert)
-    # Capped: huge weights on rare classes make BCE unstable.
-    return float(min(max((1 - f) / max(f, 1e-6), 1.0), 10.0))
 
 
 # --------------------------------------------------------------------------------------------------
