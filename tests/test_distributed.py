@@ -78,3 +78,24 @@ def test_one_rank_killed_mid_epoch_then_resume_completes(synth_dir: Path, tmp_pa
     rows = list(csv.DictReader(open(run / "history.csv", encoding="utf-8")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert all(r["val_iou"] != "" for r in rows)
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    """Every file under ``folder``: relative path -> bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_process_predict_writes_the_masks_of_one_process(tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "two" / "masks").mkdir(parents=True)
+    (tmp_path / "two" / "masks" / "old.png").write_bytes(b"")  # a used folder: rank 0 alone picks masks-2
+    proc = torchrun(["predict", str(tiny_model), str(synth_dir / "images"), "--out", str(tmp_path / "two"),
+                     "--name", "masks", "--probs"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # Only rank 0 prints, the totals of both ranks.
+    assert proc.stdout.count("masks written to") == 1 and f"12 masks written to {tmp_path / 'two' / 'masks-2'}" in proc.stdout
+    assert main(["-q", "predict", str(tiny_model), str(synth_dir / "images"), "--out", str(tmp_path / "one"),
+                 "--name", "masks", "--probs"]) == 0
+    one, two = _files(tmp_path / "one" / "masks"), _files(tmp_path / "two" / "masks-2")
+    assert len(one) == 24 and two == one
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["masks", "masks-2"]
