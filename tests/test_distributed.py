@@ -99,3 +99,26 @@ def test_two_process_predict_writes_the_masks_of_one_process(tiny_model: Path, s
     one, two = _files(tmp_path / "one" / "masks"), _files(tmp_path / "two" / "masks-2")
     assert len(one) == 24 and two == one
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["masks", "masks-2"]
+
+
+@pytest.mark.slow
+def test_two_process_teacher_labelling_of_200_images_writes_the_cache_of_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images / f"im{i:03d}.png")
+    args = ["distill", "--teacher", str(tiny_model), "--images", str(images), "--output-dir", str(tmp_path),
+            "--epochs", "1", "--batch-size", "4", "--input-size", "16", "--set", "train.samples_per_epoch=8",
+            "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
+    proc = torchrun([*args, "--name", "two", "--set", f"distill.cache_dir={tmp_path / 'cache2'}"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert main(["-q", *args, "--name", "one", "--set", f"distill.cache_dir={tmp_path / 'cache1'}"]) == 0
+    for run in ("one", "two"):
+        report = json.loads((tmp_path / run / "distill_report.json").read_text(encoding="utf-8"))
+        assert report["teacher_forward_passes"] == 200, run
+    one, two = _files(tmp_path / "cache1"), _files(tmp_path / "cache2")
+    assert len(one) == 200 and two == one
