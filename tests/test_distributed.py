@@ -92,3 +92,47 @@ def test_two_process_self_training_labels_in_shards(synth_dir: Path, tmp_path: P
     images = sorted(unlabelled.glob("*.png"))
     assert labels_match(tmp_path / "semi" / "pseudo", images)  # every share written, then the index
     assert len(list(csv.DictReader(open(tmp_path / "semi" / "history.csv", encoding="utf-8")))) == 2
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    """Every file under ``folder``: relative path -> bytes."""
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_process_predict_writes_the_masks_of_one_process(tiny_model: Path, synth_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "two" / "masks").mkdir(parents=True)
+    (tmp_path / "two" / "masks" / "old.png").write_bytes(b"")  # a used folder: rank 0 alone picks masks-2
+    proc = torchrun(["predict", str(tiny_model), str(synth_dir / "images"), "--out", str(tmp_path / "two"),
+                     "--name", "masks", "--probs"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    # Only rank 0 prints, the totals of both ranks.
+    assert proc.stdout.count("masks written to") == 1 and f"12 masks written to {tmp_path / 'two' / 'masks-2'}" in proc.stdout
+    assert main(["-q", "predict", str(tiny_model), str(synth_dir / "images"), "--out", str(tmp_path / "one"),
+                 "--name", "masks", "--probs"]) == 0
+    one, two = _files(tmp_path / "one" / "masks"), _files(tmp_path / "two" / "masks-2")
+    assert len(one) == 24 and two == one
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["masks", "masks-2"]
+
+
+@pytest.mark.slow
+def test_two_process_teacher_labelling_of_200_images_writes_the_cache_of_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(images / f"im{i:03d}.png")
+    args = ["distill", "--teacher", str(tiny_model), "--images", str(images), "--output-dir", str(tmp_path),
+            "--epochs", "1", "--batch-size", "4", "--input-size", "16", "--set", "train.samples_per_epoch=8",
+            "--set", "distill.student.args.base=2", "--set", "distill.student.args.depth=2"]
+    proc = torchrun([*args, "--name", "two", "--set", f"distill.cache_dir={tmp_path / 'cache2'}"])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert main(["-q", *args, "--name", "one", "--set", f"distill.cache_dir={tmp_path / 'cache1'}"]) == 0
+    for run in ("one", "two"):
+        report = json.loads((tmp_path / run / "distill_report.json").read_text(encoding="utf-8"))
+        assert report["teacher_forward_passes"] == 200, run
+    one, two = _files(tmp_path / "cache1"), _files(tmp_path / "cache2")
+    assert len(one) == 200 and two == one

@@ -174,6 +174,7 @@ def _model_file(path: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .distributed import cleanup, decided_by_main_process, init_distributed, is_main_process
     from .inference.predictor import Predictor, predict_to_folder, prediction_dir
     from .inference.sources import collect_inputs
     from .runtime import set_threads
@@ -186,18 +187,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
     recursive = args.recursive or p.recursive
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
-    out = prediction_dir(args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs)
-    summary = predict_to_folder(
-        predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
-        recursive=recursive, save_probs=args.probs or p.save_probs,
-        save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
-    )
-    masks = "mask" if summary.written == 1 else "masks"
-    print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
-    if summary.failed:
-        print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
-        return 1
-    return 0
+    distributed = init_distributed(predictor.device)  # under torchrun: each rank predicts its share
+    try:
+        # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
+        out = decided_by_main_process(lambda: prediction_dir(
+            args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs))
+        summary = predict_to_folder(
+            predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
+            recursive=recursive, save_probs=args.probs or p.save_probs,
+            save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
+        )
+    finally:
+        if distributed:
+            cleanup()
+    if is_main_process():
+        masks = "mask" if summary.written == 1 else "masks"
+        print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
+        if summary.failed:
+            print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -6,10 +6,15 @@ Single-process runs (the usual case) go through the same functions, which then d
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import SegdistillError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -72,6 +77,28 @@ def sync_buffers(model: torch.nn.Module) -> None:
         return
     for buf in model.buffers():
         dist.broadcast(buf.data, src=0)
+
+
+def decided_by_main_process(decide: Callable[[], T]) -> T:
+    """``decide()`` run on rank 0 only, its result (picklable) on every rank. For a choice that
+    depends on the disk and must be taken once (an output folder named NAME-2 when NAME holds
+    files: each rank looking for itself could see rank 0's new files and pick NAME-3). When it
+    raises on rank 0, the other ranks raise too, with its message, instead of waiting forever."""
+    if not is_distributed():
+        return decide()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, decide())
+        except BaseException as e:
+            box[0] = (False, str(e))
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise SegdistillError(f"rank 0: {value}")
+    return value
 
 
 def broadcast_floats(values: list[float], device: torch.device) -> list[float]:

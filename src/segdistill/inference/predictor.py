@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..checkpoint import load_model
 from ..data.imageio import read_image, resize_for_model
+from ..distributed import gather_objects, is_main_process, rank, shard
 from ..errors import SegdistillError
 from ..fileio import atomic_path
 from ..runtime import select_device, use_channels_last
@@ -214,24 +215,49 @@ def predict_to_folder(
 ) -> PredictSummary:
     """Predict every image of ``source`` (a file, folder or glob, or a list of them) into ``out_dir``:
     ``NAME.png`` masks (0/255, input size), ``probs/NAME.png`` (8-bit probabilities) and
-    ``overlays/NAME.png`` on request. ``prediction_dir`` picks an ``out_dir`` that mixes no runs."""
-    from tqdm import tqdm
+    ``overlays/NAME.png`` on request. ``prediction_dir`` picks an ``out_dir`` that mixes no runs.
 
+    Under torchrun each rank predicts every N-th file into the same ``out_dir`` (the names come
+    from all files, so they are those one process writes), and every rank returns the totals of
+    all ranks. A rank that fails stops all of them with its message."""
     files, root = collect_inputs(source, recursive)
-    names = output_names(files, root)
+    by_path = dict(zip(files, output_names(files, root)))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    by_path = dict(zip(files, names))
+    try:
+        counts = _write_predictions(predictor, [files[i] for i in shard(len(files))], by_path, out_dir, batch_size,
+                                    save_probs, save_overlay, workers)
+    except BaseException as e:
+        gather_objects(f"rank {rank()}: {e}")  # releases the other ranks, with this rank's message
+        raise
+    parts = gather_objects(counts)  # also a barrier: no rank reports before all have written
+    error = next((p for p in parts if isinstance(p, str)), None)
+    if error is not None:
+        raise SegdistillError(f"prediction failed on {error}")
+    written = sum(p[0] for p in parts)
+    fg = sum(p[1] for p in parts)
+    failed = [f for p in parts for f in p[2]]
+    return PredictSummary(out_dir, written, failed, fg / max(written, 1))
+
+
+def _write_predictions(
+    predictor: Predictor, files: list[Path], names: dict[Path, Path], out_dir: Path, batch_size: int, save_probs: bool,
+    save_overlay: bool, workers: int,
+) -> tuple[int, float, list[str]]:
+    """Masks (and probabilities, overlays) of ``files`` into ``out_dir``; returns (files written,
+    sum of their foreground fractions, messages of the files that could not be read)."""
+    from tqdm import tqdm
+
     failed: list[str] = []
     written, fg = 0, 0.0
-    bar = tqdm(total=len(files), desc="predict", disable=None, dynamic_ncols=True)
+    bar = tqdm(total=len(files), desc="predict", disable=None if is_main_process() else True, dynamic_ncols=True)
     for item, prob in predictor.stream(files, batch_size, workers=workers):
         bar.update(1)
         if prob is None:
             failed.append(item.error or str(item.path))
             log.error("skipped %s", item.error)
             continue
-        name = by_path[item.path]
+        name = names[item.path]
         mask = prob > predictor.threshold
         _save_png(inside(out_dir / _png(name), out_dir), mask.astype(np.uint8) * 255)
         if save_probs:
@@ -241,4 +267,4 @@ def predict_to_folder(
         written += 1
         fg += float(mask.mean())
     bar.close()
-    return PredictSummary(out_dir, written, failed, fg / max(written, 1))
+    return written, fg, failed
