@@ -158,6 +158,8 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
 
 @dataclass
 class DistillResult:
+    """What ``distill`` returns: the run folder, the student's history and the report."""
+
     run_dir: Path
     history: list[dict[str, Any]]
     report: dict[str, Any]

@@ -94,6 +94,8 @@ def train_one_epoch(
 
 @dataclass
 class FitResult:
+    """What ``fit`` returns: the run folder, its history and the best epoch's row."""
+
     run_dir: Path
     history: list[dict[str, Any]]
     best: dict[str, Any]
