@@ -41,6 +41,15 @@ from .train import fit
 log = logging.getLogger("segdistill")
 
 
+@dataclass
+class DistillResult:
+    """What ``distill`` returns: the run folder, the student's history and the report."""
+
+    run_dir: Path
+    history: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
 class KDLoss(nn.Module):
     """Distillation loss for one sigmoid channel, with optional feature adapters.
 
@@ -154,15 +163,6 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
     useful for distillation ("function matching", Beyer et al., CVPR 2022): the student learns the
     teacher's function between images, where labels say nothing."""
     return {k: lam * v + (1 - lam) * v[perm] if k in ("image", "mask") else v for k, v in batch.items()}
-
-
-@dataclass
-class DistillResult:
-    """What ``distill`` returns: the run folder, the student's history and the report."""
-
-    run_dir: Path
-    history: list[dict[str, Any]]
-    report: dict[str, Any]
 
 
 def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
