@@ -34,7 +34,17 @@ from .data import DistillData, build_distill_data
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
+from .run import (
+    Recorder,
+    begin,
+    capture,
+    complete_message,
+    end_epoch_plan,
+    format_score,
+    make_clock,
+    open_run,
+    validates,
+)
 from .targets import mean_foreground
 from .train import fit
 
@@ -285,13 +295,9 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
         res = fit(bcfg, overwrite=True)
     finally:
         log.setLevel(quiet)
-    log.info("labels-only twin: best val IoU %s at epoch %d of %d", _fmt4(res.best.get("val_iou")),
+    log.info("labels-only twin: best val IoU %s at epoch %d of %d", format_score(res.best.get("val_iou")),
              res.best.get("epoch", 0), len(res.history))
     return {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
-
-
-def _fmt4(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:

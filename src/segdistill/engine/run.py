@@ -273,7 +273,7 @@ class Recorder:
         save_state(self.run_dir / "state.safetensors", state)
         fields = [f"{self.label} {row['epoch']}/{clock.epochs}"]
         logged = _LOGGED if self.labelled else _LOGGED_UNLABELLED
-        fields += [f"{name} {_fmt(row[key])}" for key, name in logged if key in row]
+        fields += [f"{name} {format_score(row[key])}" for key, name in logged if key in row]
         fields += [f"lr {row['lr']:.2e}", f"{row['seconds']:.1f}s", f"ETA {clock.eta(row['epoch'])}"]
         log.info("  ".join(fields) + ("  *best*" if self.improved else ""))
 
@@ -294,5 +294,6 @@ class Recorder:
         return next((h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {})
 
 
-def _fmt(v: Any) -> str:
+def format_score(v: Any) -> str:
+    """A score as the log lines show it: 4 decimals, or - when there is none."""
     return "-" if v is None else f"{v:.4f}"

@@ -311,7 +311,3 @@ def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epo
     if result is not None:
         s.update({f"val_{k}": round(v, 6) for k, v in result.metrics.items() if not k.endswith("per_image")})
     return s
-
-
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.4f}"
