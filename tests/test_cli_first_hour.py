@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -277,11 +278,14 @@ def test_data_synth_refuses_a_folder_that_holds_files(tmp_path, capsys):
 def test_crops_larger_than_the_images_are_a_warning(synth_dir, tmp_path, capsys):
     expected = ("train.input_size 256 is larger than the images (median 64x64): crops are reflect-padded to 16x their "
                 "pixels; use --input-size 64")
+    # The plan crops 64x64 images whole; a crop set larger than the images is warned about.
     rc, out, _ = cli(capsys, "data", "check", synth_dir)
+    assert rc == 0 and "warning:" not in out and re.search(r"train.input_size +64 ", out)
+    rc, out, _ = cli(capsys, "data", "check", synth_dir, "--set", "train.input_size=256")
     assert rc == 0 and f"warning: {expected}" in out
-    rc, out, _ = cli(capsys, "data", "check", synth_dir, "--set", "train.input_size=64")
+    rc, out, _ = cli(capsys, "data", "check", synth_dir, "--set", "train.input_size=64", "--set", "train.plan=off")
     assert rc == 0 and "input_size" not in out
-    rc, _, err = cli(capsys, "train", "--data", synth_dir, "--output-dir", tmp_path, "--epochs", "1",
+    rc, _, err = cli(capsys, "train", "--data", synth_dir, "--output-dir", tmp_path, "--epochs", "1", "--input-size", "256",
                      "--set", "train.samples_per_epoch=2", "--batch-size", "2",
                      "--set", "model.args.base=4", "--set", "model.args.depth=2")
     assert rc == 0 and err.count(expected) == 1

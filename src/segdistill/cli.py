@@ -123,8 +123,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not report.ok:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
-        if report.mask_stats and is_main_process():
-            log.info("data fingerprint: %s", "; ".join(f"{k} {v}" for k, v in report.fingerprint().rows().items()))
     result = fit(cfg, overwrite=args.overwrite, started=STARTED)
     if is_main_process():
         print(f"results: {result.run_dir}")
@@ -174,7 +172,7 @@ def _model_file(path: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .distributed import cleanup, decided_by_main_process, init_distributed, is_main_process
+    from .distributed import decided_by_main_process, is_main_process, process_group
     from .inference.predictor import Predictor, predict_to_folder, prediction_dir
     from .inference.sources import collect_inputs
     from .runtime import set_threads
@@ -187,8 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
     recursive = args.recursive or p.recursive
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
-    distributed = init_distributed(predictor.device)  # under torchrun: each rank predicts its share
-    try:
+    with process_group(predictor.device):  # under torchrun: each rank predicts its share
         # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
         out = decided_by_main_process(lambda: prediction_dir(
             args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs))
@@ -197,9 +194,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
             recursive=recursive, save_probs=args.probs or p.save_probs,
             save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
         )
-    finally:
-        if distributed:
-            cleanup()
     if is_main_process():
         masks = "mask" if summary.written == 1 else "masks"
         print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
@@ -234,11 +228,15 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     from .data.check import check_data
+    from .engine.planning import plan_run
     from .report import format_table
 
     overrides = [_override("data.root", args.dir)] + (["data.invert=true"] if args.invert else []) + list(args.overrides)
     cfg = load_config(args.config, overrides)
-    report = check_data(cfg.data, cfg.seed, cfg.train.input_size)
+    report = check_data(cfg.data, cfg.seed)
+    # What training would do: the crop it would plan (or was given) decides the crop warning.
+    planned, plan = plan_run(cfg, report.train_fingerprint()) if report.train_read[0] else (cfg, None)
+    report.warn_crops(planned.train.input_size)
     for w in report.warnings[: args.max_lines]:
         print(f"warning: {w}")
     if len(report.warnings) > args.max_lines:
@@ -250,6 +248,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if report.layout:  # discovery failed otherwise: the error says why, and a table would be blank
         rows = [{"check": k, "result": v} for k, v in report.summary().items()]
         print(format_table(rows, title=f"\nData check: {args.dir}"))
+    if plan is not None and report.ok:
+        rows = [{"setting": k, "planned": "native" if v is None else v, "why": plan["reasons"][k]}
+                for k, v in plan["applied"].items()]
+        print(format_table(rows, title="\nTraining plan (train.plan: auto; a configured key is kept)"))
     print("OK: training can use this data" if report.ok else "FAILED: training would stop on the errors above")
     return 0 if report.ok else 1
 

@@ -107,6 +107,10 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
+    plan: Literal["auto", "off"] = "auto"
+    """auto: the working resolution, crop, flips and turns, model width and depth, epochs and crops
+    per epoch are planned from the data's fingerprint and the time budget (docs/training.md), except
+    the keys set in the config file or by flags; off: the defaults below."""
     epochs: int = 30
     """Epochs to train (with time_budget: measured and fitted instead)."""
     time_budget: float | None = None
@@ -304,6 +308,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         choices = typing.get_args(tp)
         if isinstance(value, bool) and value in (True, False) and "true" in choices:
             return "true" if value else "false"
+        if isinstance(value, bool) and "off" in choices:  # YAML reads a bare off as false
+            return "auto" if value else "off"
         if value in choices:
             return value
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
@@ -376,7 +382,39 @@ def _build(cls: type, data: Any, where: str = "config") -> Any:
 def config_from_dict(data: dict[str, Any] | None) -> Config:
     cfg = _build(Config, data or {})
     validate(cfg)
+    cfg._given = _leaf_keys(data or {})  # type: ignore[attr-defined]  # what the plan must not change
     return cfg
+
+
+def _leaf_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of the values in a nested dict ({"model": {"args": {"base": 8}}} -> model.args.base)."""
+    keys: set[str] = set()
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            keys |= _leaf_keys(value, path + ".")
+        elif dataclasses.is_dataclass(value):
+            keys |= _leaf_keys(dataclasses.asdict(value), path + ".")  # type: ignore[arg-type]
+        else:
+            keys.add(path)
+    return keys
+
+
+def given_keys(cfg: Config) -> set[str]:
+    """The dotted keys the user set: those in the file, flags and overrides the config was loaded
+    from, and any value that differs from its default (a Config changed in code)."""
+    now, default = _leaf_values(dataclasses.asdict(cfg)), _leaf_values(dataclasses.asdict(Config()))
+    return set(getattr(cfg, "_given", set())) | {k for k, v in now.items() if k not in default or default[k] != v}
+
+
+def _leaf_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaf_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def as_config(cfg: Config | dict[str, Any], what: str) -> Config:

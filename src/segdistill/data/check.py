@@ -34,10 +34,23 @@ class CheckReport:
     fg_fractions: list[float] = field(default_factory=list)
     mask_stats: list[MaskStats] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
+    train_read: tuple[int, int] = (0, 0)
+    """How many mask statistics and image sizes the training pairs gave (they are read first)."""
 
     def fingerprint(self) -> Fingerprint:
         """The data's fingerprint (data/fingerprint.py) from what the check read."""
         return fingerprint(self.mask_stats, self.sizes, self.channels)
+
+    def train_fingerprint(self) -> Fingerprint:
+        """The fingerprint of the training pairs alone: what a training run plans from."""
+        masks, images = self.train_read
+        return fingerprint(self.mask_stats[:masks], self.sizes[:images], self.channels[:images])
+
+    def warn_crops(self, input_size: int) -> None:
+        """Warn, first, when crops of ``input_size`` are larger than the images."""
+        crops = crop_warning(input_size, self.sizes)
+        if crops:
+            self.warnings.insert(0, crops)  # first: a long list of per-file warnings must not hide it
 
     @property
     def ok(self) -> bool:
@@ -147,11 +160,13 @@ def check_data(cfg: DataConfig, seed: int = 0, input_size: int | None = None) ->
         report.warnings += [f"{p}: image has no mask (not used)" for p in rep.images_without_masks]
         report.warnings += [f"{p}: mask has no image (not used)" for p in rep.masks_without_images]
         report.warnings += [f"{p}: not an image file (ignored)" for p in rep.ignored_files]
-    for pair in split.train + split.val:
+    for pair in split.train:
         check_pair(pair, cfg.invert, report)
-    crops = crop_warning(input_size, report.sizes) if input_size else None
-    if crops:
-        report.warnings.insert(0, crops)  # first: a long list of per-file warnings must not hide it
+    report.train_read = (len(report.mask_stats), len(report.sizes))
+    for pair in split.val:
+        check_pair(pair, cfg.invert, report)
+    if input_size:
+        report.warn_crops(input_size)
     if report.fg_fractions and max(report.fg_fractions) == 0.0:
         report.errors.append("no mask has any foreground pixel: nothing to learn (wrong invert setting?)")
     return report

@@ -10,7 +10,7 @@ safe augmentations. Pure functions of arrays, apart from I/O, so they are tested
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,13 @@ class MaskStats:
     """Each object's centre of mass below (+) or above (-) its bounding box's centre, in box heights."""
     horizontal_offsets: list[float] = field(default_factory=list)
     """The same, right (+) or left (-) of the centre, in box widths: the control for the vertical one."""
+    object_extents: list[float] = field(default_factory=list)
+    """Each object's bounding box, its longer side relative to the image's shorter side (what a
+    crop must span to show the object whole), largest object first."""
+    width_px: float | None = None
+    """How thick the foreground is, in pixels at the mask's own resolution: 2 x area / boundary
+    length (a line's width, a disc's radius); None without foreground. The finest detail a
+    downscaled working resolution must keep."""
 
 
 def mask_stats(fg: np.ndarray, grid: int = GRID) -> MaskStats:
@@ -44,17 +51,34 @@ def mask_stats(fg: np.ndarray, grid: int = GRID) -> MaskStats:
     scale = min(1.0, grid / max(h, w))
     gh, gw = max(1, round(h * scale)), max(1, round(w * scale))
     small = fg if scale == 1.0 else np.asarray(Image.fromarray(fg.astype(np.uint8) * 255).resize((gw, gh), Image.BOX)) >= 128
-    stats = MaskStats(float(fg.mean()))
+    stats = MaskStats(float(fg.mean()), width_px=foreground_width(fg))
     short = min(gh, gw)
     for ys, xs in components(small):
         area = len(ys)
         stats.object_sizes.append(math.sqrt(area) / short)
         top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+        stats.object_extents.append(max(bottom - top + 1, right - left + 1) / short)
         if bottom > top:
             stats.vertical_offsets.append(float((ys.mean() - (top + bottom) / 2) / (bottom - top + 1)))
         if right > left:
             stats.horizontal_offsets.append(float((xs.mean() - (left + right) / 2) / (right - left + 1)))
     return stats
+
+
+def foreground_width(fg: np.ndarray) -> float | None:
+    """2 x foreground area / boundary length, in pixels (None without foreground): a line ``w``
+    pixels wide gives ``w``, a disc of radius ``r`` gives ``r``. The boundary counts foreground
+    pixels with a background 4-neighbour inside the image (the image's edge is not a boundary)."""
+    area = int(fg.sum())
+    if area == 0:
+        return None
+    inner = fg.copy()
+    inner[1:, :] &= fg[:-1, :]
+    inner[:-1, :] &= fg[1:, :]
+    inner[:, 1:] &= fg[:, :-1]
+    inner[:, :-1] &= fg[:, 1:]
+    boundary = area - int(inner.sum())
+    return 2.0 * area / boundary if boundary else float(min(fg.shape))
 
 
 def components(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -97,6 +121,13 @@ class Fingerprint:
     """Median over objects of sqrt(area) / the image's shorter side (1 = as large as the image)."""
     largest_object: float
     """Median over images of the largest object's size (as object_size)."""
+    object_extent: float
+    """Median over objects of the bounding box's longer side / the image's shorter side."""
+    large_extent: float
+    """90th percentile over images of the largest object's extent (as object_extent): how much of
+    the image a crop must span to show the large objects whole."""
+    feature_width: float
+    """Median over images of how thick the foreground is, in native pixels (MaskStats.width_px)."""
     vertical_bias: float
     """Mean of the objects' vertical offsets (see MaskStats); 0 for no preferred up and down."""
     vertical_z: float
@@ -113,6 +144,13 @@ class Fingerprint:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "upright": self.upright}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
+        """Back from ``to_dict`` (a teacher's model file carries its data's fingerprint)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**values)
+
     def rows(self) -> dict[str, str]:
         """The fingerprint as ``data check`` shows it."""
         side = "no preferred up/down" if not self.upright else ("objects heavier at the bottom" if self.vertical_bias > 0
@@ -120,6 +158,8 @@ class Fingerprint:
         return {
             "objects per image (median)": f"{self.objects_per_image:g}",
             "object size / shorter side (median; largest)": f"{self.object_size:.3f}; {self.largest_object:.3f}",
+            "object extent / shorter side (median; large, p90)": f"{self.object_extent:.3f}; {self.large_extent:.3f}",
+            "foreground width (median, px)": f"{self.feature_width:.1f}",
             "orientation": f"{side} (vertical z {self.vertical_z:+.1f}, left-right z {self.horizontal_z:+.1f})",
         }
 
@@ -130,6 +170,8 @@ def fingerprint(stats: list[MaskStats], sizes: list[tuple[int, int]], channels: 
     largest = [m.object_sizes[0] for m in stats if m.object_sizes]
     vertical = [v for m in stats for v in m.vertical_offsets]
     horizontal = [v for m in stats for v in m.horizontal_offsets]
+    extents = [e for m in stats for e in m.object_extents]
+    widths = [m.width_px for m in stats if m.width_px is not None]
     kinds = sorted(set(channels))
     return Fingerprint(
         images=len(sizes),
@@ -140,6 +182,9 @@ def fingerprint(stats: list[MaskStats], sizes: list[tuple[int, int]], channels: 
         objects_per_image=float(np.median([len(m.object_sizes) for m in stats])) if stats else 0.0,
         object_size=float(np.median(objects)) if objects else 0.0,
         largest_object=float(np.median(largest)) if largest else 0.0,
+        object_extent=float(np.median(extents)) if extents else 0.0,
+        large_extent=float(np.percentile([m.object_extents[0] for m in stats if m.object_extents], 90)) if extents else 0.0,
+        feature_width=float(np.median(widths)) if widths else 0.0,
         vertical_bias=float(np.mean(vertical)) if vertical else 0.0,
         vertical_z=_z(vertical),
         horizontal_z=_z(horizontal),

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
 from ..config import Config, as_config, validate_distill
-from ..distributed import cleanup, init_distributed, is_distributed, sync_buffers
+from ..data.discovery import collect_images
+from ..distributed import is_distributed, process_group, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
@@ -34,6 +35,7 @@ from .data import DistillData, build_distill_data
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
+from .planning import log_plan, plan_student
 from .run import (
     Recorder,
     begin,
@@ -43,6 +45,7 @@ from .run import (
     format_score,
     make_clock,
     open_run,
+    read_plan,
     validates,
 )
 from .targets import mean_foreground
@@ -189,19 +192,20 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
         log.info(done)
         return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
+    if resume is None:  # a resumed run goes on with the plan in its config.yaml
+        cfg, plan = plan_student(cfg, len(collect_images(cfg.distill.images or [], cfg.data.recursive)))
+    else:
+        plan = read_plan(run_dir)
     cfg = student_config(cfg)
     set_threads(cfg.threads)
     device = select_device(cfg.device)
-    fresh = not is_distributed() and init_distributed(device)  # a twin's fit inside a run keeps the group
-    torch.manual_seed(cfg.seed)
-    try:
-        return _distill(cfg, run_dir, state, device, started)
-    finally:
-        if fresh:
-            cleanup()
+    with process_group(device):
+        torch.manual_seed(cfg.seed)
+        return _distill(cfg, run_dir, state, device, started, plan)
 
 
-def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float) -> DistillResult:
+def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float,
+             plan: dict[str, Any] | None) -> DistillResult:
     d = cfg.distill
     teacher, tinfo = load_model(Path(d.teacher), device)  # type: ignore[arg-type]
     data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher), device)  # type: ignore[arg-type]
@@ -217,11 +221,13 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
     rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
                    labelled=data.val_key == "mask")
     parts = {"model": student, "kd": kd, **opt.parts()}
-    epoch = begin(run_dir, cfg, state, parts, rec)
+    epoch = begin(run_dir, cfg, state, parts, rec, plan)
     step = _wrap(StudentLoss(student, kd, cp.amp_dtype), device)  # after a resume has restored both
     teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
     teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
     if rec.main:
+        if state is None:
+            log_plan(plan)
         _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)
     t_run = time.perf_counter()
     while epoch <= clock.epochs:
@@ -242,7 +248,8 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
         if opt.plateau is not None and row["val_iou"] is not None:
             opt.plateau.step(row["val_iou"])
         summary = {"distilled_from": Path(d.teacher).name, "teacher_sha256": teacher_sha, "epoch": epoch,  # type: ignore[arg-type]
-                   "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement"}
+                   "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement",
+                   **({"plan": plan} if plan is not None else {})}
         if rec.main:
             rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
         if rec.should_stop(cfg.train.early_stopping):
@@ -287,6 +294,7 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
     bcfg.data.invert, bcfg.data.max_side = tinfo.preprocess.invert, tinfo.preprocess.max_side
     bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
     bcfg.train.time_budget = None  # as many epochs as the student got (a budget was spent on it)
+    bcfg.train.plan = "off"  # the student's settings, planned or not, as they are
     bcfg.train.epochs = len(_history(run_dir)) or cfg.train.epochs
     log.info("training the labels-only twin of the student (%d epochs, in %s)", bcfg.train.epochs, run_dir / "baseline")
     quiet = log.level

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ log = logging.getLogger("segdistill")
 # What a run writes; ``overwrite`` removes these first, so nothing of the old run (a state to
 # resume from, a better-scoring model) can be mistaken for the new one's.
 RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "state.safetensors", "history.csv",
-             "curves.png", "metrics.json", "distill_report.json")
+             "curves.png", "metrics.json", "distill_report.json", "plan.json")
 
 
 def new_run_dir(cfg: Config, overwrite: bool) -> Path:
@@ -113,12 +114,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def start_run(run_dir: Path, cfg: Config) -> int:
-    """Make a new run's folder and write its resolved config (main process); returns epoch 1."""
+def start_run(run_dir: Path, cfg: Config, plan: dict[str, Any] | None = None) -> int:
+    """Make a new run's folder and write its resolved config and its plan (plan.json, when the
+    data planned it) (main process); returns epoch 1."""
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / "config.yaml", dump_config(cfg))
+        if plan is not None:
+            write_json(run_dir / "plan.json", plan)
     return 1
+
+
+def read_plan(run_dir: Path) -> dict[str, Any] | None:
+    """The plan a run was started with (plan.json), for a resumed run's model file."""
+    path = run_dir / "plan.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def capture(epoch: int, parts: dict[str, Any], recorder: Recorder, clock: RunClock, **extra: Any) -> dict[str, Any]:
@@ -138,9 +148,10 @@ def resume_from(run_dir: Path, state: dict[str, Any], parts: dict[str, Any], rec
     return state["epoch"] + 1
 
 
-def begin(run_dir: Path, cfg: Config, state: dict[str, Any] | None, parts: dict[str, Any], recorder: Recorder) -> int:
+def begin(run_dir: Path, cfg: Config, state: dict[str, Any] | None, parts: dict[str, Any], recorder: Recorder,
+          plan: dict[str, Any] | None = None) -> int:
     """The first epoch to run: a resumed run's parts restored from ``state``, or a new run started."""
-    return resume_from(run_dir, state, parts, recorder) if state is not None else start_run(run_dir, cfg)
+    return resume_from(run_dir, state, parts, recorder) if state is not None else start_run(run_dir, cfg, plan)
 
 
 def complete_message(cfg: Config, run_dir: Path, state: dict[str, Any] | None) -> str | None:

@@ -27,10 +27,8 @@ from ..config import Config, as_config
 from ..data.preprocess import Preprocess
 from ..distributed import (
     all_ranks,
-    cleanup,
-    init_distributed,
-    is_distributed,
     is_main_process,
+    process_group,
     rank,
     sync_buffers,
     world_size,
@@ -45,7 +43,8 @@ from .clock import format_duration
 from .data import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, validates
+from .planning import log_plan, plan_run
+from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, read_plan, validates
 from .semi import (
     MixedDataset,
     labels_match,
@@ -122,17 +121,15 @@ def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrit
         return FitResult(run_dir, rec.history, rec.best_row())
     set_threads(cfg.threads)
     device = select_device(cfg.device)
-    fresh = not is_distributed()  # a distillation's labels-only twin runs inside its process group
-    distributed = init_distributed(device)
-    torch.manual_seed(cfg.seed)
-    try:
-        return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started)
-    finally:
-        if fresh:
-            cleanup()
+    # A new run is planned from its data; a resumed one goes on with the plan in its config.yaml.
+    cfg, plan = plan_run(cfg) if resume is None else (cfg, read_plan(run_dir))
+    with process_group(device) as distributed:  # a distillation's labels-only twin runs inside its group
+        torch.manual_seed(cfg.seed)
+        return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started, plan)
 
 
-def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distributed: bool, started: float) -> FitResult:
+def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distributed: bool, started: float,
+         plan: dict[str, Any] | None) -> FitResult:
     data = build_run_data(cfg, cp.device, run_dir, state)
     model = create_model(cfg.model.name, in_channels=data.pre.in_channels, **cfg.model.args).to(cp.device)
     model = model.to(memory_format=torch.channels_last) if cp.channels_last else model
@@ -142,8 +139,10 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
     rec = Recorder(run_dir, f"{run_dir.name}: {cfg.model.name}", "epoch", cfg.train.lr, data.val_loader is not None)
     parts = {"model": model, **opt.parts()}
-    epoch = begin(run_dir, cfg, state, parts, rec)
+    epoch = begin(run_dir, cfg, state, parts, rec, plan)
     train_model = _wrap(model, cfg, cp.device, distributed)
+    if state is None:
+        log_plan(plan)
     _log_start(cfg, run_dir, data, model, cp)
     t_run = time.perf_counter()
     while epoch <= clock.epochs:
@@ -169,7 +168,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         if opt.plateau is not None and row["val_iou"] is not None:
             opt.plateau.step(row["val_iou"])
         if rec.main:
-            info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None))
+            info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None, plan))
             rec.save(final, info, capture(epoch, parts, rec, clock, preprocess=data.pre.to_dict(), pos_weight=pos_weight),
                      clock, result.metrics)
         if rec.should_stop(cfg.train.early_stopping):
@@ -290,7 +289,8 @@ def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, m
     train_set.active = True
 
 
-def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epoch: int, result: EvalResult | None) -> dict[str, Any]:
+def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epoch: int, result: EvalResult | None,
+             plan: dict[str, Any] | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {
         "run": cfg.name,
         "data": cfg.data.root,
@@ -308,6 +308,8 @@ def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epo
         "segdistill_version": __version__,
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if plan is not None:
+        s["plan"] = plan  # what the data decided, and why (plan.json)
     if result is not None:
         s.update({f"val_{k}": round(v, 6) for k, v in result.metrics.items() if not k.endswith("per_image")})
     return s

@@ -1,0 +1,166 @@
+"""The training plan: settings read off the data's fingerprint and the time budget (``train.plan:
+auto``), like nnU-Net's experiment planning, so that a new kind of data trains well without tuning.
+
+A pure function of a :class:`Fingerprint` and the budget (tested on fingerprints alone); ``apply``
+then writes the plan into a config, skipping every key the user set (a config file, a flag or
+``--set``): an explicit value always wins. The rules and their reasons are in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .fingerprint import Fingerprint
+
+CROP = 256
+"""The largest training crop: big enough for context, small enough for a 2-core CPU."""
+CONTEXT_FILL = 0.9
+"""The large objects (the 90th percentile of each image's largest) should span at most this much of
+a crop: a network that only ever sees part of an object cannot learn its outline."""
+MIN_WIDTH = 8.0
+"""Downscaling stops where the foreground would get thinner than this many pixels (membranes, thin
+structures): below it a 2-pixel boundary error is a quarter of the structure."""
+DEEP_EXTENT = 96
+"""Objects whose typical extent at the working resolution exceeds this many pixels get a fifth
+level (a depth-4 U-Net's receptive field is about 200 px; the effective one about half of it)."""
+TARGET_SAMPLES = 8_000
+"""Training crops over a run without a time budget (the tuned recipes saw 5-22 thousand)."""
+EPOCHS = (30, 150)
+"""Fewest and most planned epochs without a time budget."""
+MIN_SAMPLES = 64
+"""Fewest crops per epoch (a handful of images would otherwise make an epoch a few steps long)."""
+
+
+@dataclass
+class Plan:
+    max_side: int | None
+    """data.max_side: the working resolution (None: native)."""
+    input_size: int
+    """train.input_size: the crop side."""
+    hflip: float
+    vflip: float
+    rot90: float
+    base: int
+    """model.args.base (unet): channels at full resolution."""
+    depth: int
+    """model.args.depth (unet): resolution levels."""
+    samples_per_epoch: int
+    epochs: int
+    """train.epochs (a time budget fits the epochs instead, by measuring them)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def settings(self, model: str = "model.args") -> dict[str, tuple[Any, str]]:
+        """The plan as dotted config keys -> (value, reason); ``model``: where the width and depth
+        go (``distill.student.args`` for a student)."""
+        r = self.reasons
+        return {"data.max_side": (self.max_side, r["max_side"]), "train.input_size": (self.input_size, r["input_size"]),
+                "augment.hflip": (self.hflip, r["flips"]), "augment.vflip": (self.vflip, r["flips"]),
+                "augment.rot90": (self.rot90, r["flips"]), f"{model}.base": (self.base, r["base"]),
+                f"{model}.depth": (self.depth, r["depth"]),
+                "train.samples_per_epoch": (self.samples_per_epoch, r["samples_per_epoch"]),
+                "train.epochs": (self.epochs, r["epochs"])}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _round32(x: float) -> int:
+    return max(32, int(round(x / 32)) * 32)
+
+
+def _ceil32(x: float) -> int:
+    return max(32, int(math.ceil(x / 32)) * 32)
+
+
+def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False) -> Plan:
+    """The plan for data with fingerprint ``fp`` and a run of ``budget_minutes`` (None: no budget).
+    ``student``: a distillation, whose students learn for longer (twice the crops: on held-out
+    photos a 30-epoch distillation was still improving at its end)."""
+    w, h = fp.median_size
+    longer, short = max(w, h, 1), max(min(w, h), 1)
+    reasons: dict[str, str] = {}
+
+    # Working resolution: shrink until the large objects fit a crop, never below the finest detail.
+    large_px = fp.large_extent * short
+    scale = 1.0
+    if large_px > CONTEXT_FILL * CROP:
+        scale = CONTEXT_FILL * CROP / large_px
+        floor = min(1.0, MIN_WIDTH / fp.feature_width) if fp.feature_width > 0 else 1.0
+        if scale < floor:
+            scale = floor
+            reasons["max_side"] = (f"large objects span {large_px:.0f} px (p90) but the foreground is {fp.feature_width:.1f} px "
+                                   f"thick: downscaled only to keep it {MIN_WIDTH:g} px")
+    max_side = _round32(longer * scale) if scale < 1 else None
+    if max_side is not None and max_side >= longer:
+        max_side = None
+    if max_side is None:
+        reasons.setdefault("max_side", f"native resolution: the large objects span {large_px:.0f} px of {longer} "
+                                       f"(p90), they fit a {CROP} px crop")
+    else:
+        scale = max_side / longer
+        reasons.setdefault("max_side", f"downscaled to {max_side} px (x{scale:.2f}): the large objects span "
+                                       f"{large_px:.0f} px (p90), {large_px * scale:.0f} px after, so a crop shows them whole")
+
+    # Crop: the standard crop, or the whole (working) image when the images are smaller.
+    work_longer, work_short = longer * scale, short * scale
+    input_size = min(CROP, _ceil32(work_longer))
+    reasons["input_size"] = ("the standard crop" if input_size == CROP else
+                             f"the images are {work_longer:.0f} px at the working resolution: cropped whole")
+
+    # Flips and turns: only where the masks have no up and down.
+    if fp.upright:
+        hflip, vflip, rot90 = 0.5, 0.0, 0.0
+        reasons["flips"] = (f"left-right flips only: the masks have an up and a down (vertical z {fp.vertical_z:+.1f}), "
+                            "so vertical flips and turns would show the model images that do not occur")
+    else:
+        hflip, vflip, rot90 = 0.5, 0.5, 0.5
+        reasons["flips"] = f"flips and turns: no preferred orientation (vertical z {fp.vertical_z:+.1f})"
+
+    # Depth: a fifth level for objects larger than a depth-4 network sees; never more than the crop allows.
+    extent_px = fp.object_extent * work_short
+    depth = 5 if extent_px > DEEP_EXTENT else 4
+    depth = max(2, min(depth, int(math.log2(input_size / 8))))
+    reasons["depth"] = f"typical objects span {extent_px:.0f} px at the working resolution"
+
+    # Width: what the time allows (the budget's epochs are then fitted by measuring them).
+    if budget_minutes is None:
+        base, why = 16, "no time budget"
+    elif budget_minutes < 10:
+        base, why = 8, f"a {budget_minutes:g}-minute budget"
+    elif budget_minutes <= 90:
+        base, why = 16, f"a {budget_minutes:g}-minute budget"
+    elif budget_minutes <= 360:
+        base, why = 24, f"a {budget_minutes:g}-minute budget"
+    else:
+        base, why = 32, f"a {budget_minutes:g}-minute budget"
+    reasons["base"] = why
+
+    # Length: about one crop per crop-sized piece of each image, and enough crops over the run.
+    per_image = min(8, max(1, round(work_longer * work_short / (input_size * input_size))))
+    samples = max(MIN_SAMPLES, fp.images * per_image)
+    target = TARGET_SAMPLES * (2 if student else 1)
+    epochs = min(EPOCHS[1], max(EPOCHS[0], round(target / samples)))
+    reasons["samples_per_epoch"] = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
+    reasons["epochs"] = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
+                         else f"about {target} crops over the run")
+    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons)
+
+
+def apply_plan(values: dict[str, Any], settings: dict[str, tuple[Any, str]], given: set[str]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` (a config as a nested dict) with the ``settings`` (Plan.settings) written in,
+    except the dotted keys in ``given`` (the user's); returns the new dict and the keys written."""
+    out = copy.deepcopy(values)
+    applied = []
+    for key, (value, _) in settings.items():
+        if key in given:
+            continue
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+        applied.append(key)
+    return out, applied
