@@ -125,8 +125,11 @@ def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> Path:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """The metadata of a model file, without building the model."""
+    """The metadata of a model file (``.safetensors``, or an exported ``.onnx``), without building
+    the model."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return _parse_info(path, _onnx_metadata(path))
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -136,9 +139,23 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return _parse_info(path, meta)
 
 
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata properties of an ONNX file (``segdistill export`` stores the model file's there)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
     if _META_KEY not in meta:
-        raise ModelFileError(f"{path}: safetensors file without segdistill metadata (not a segdistill model)")
+        kind = "ONNX" if path.suffix.lower() == ".onnx" else "safetensors"
+        raise ModelFileError(f"{path}: {kind} file without segdistill metadata (not a segdistill model)")
     try:
         d = json.loads(meta[_META_KEY])
         version = int(d.get("format_version", 0))

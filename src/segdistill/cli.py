@@ -137,7 +137,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     set_threads(args.threads or cfg.threads)
     threshold = args.threshold if args.threshold is not None else cfg.predict.threshold
     evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=threshold, device=args.device or cfg.device,
-                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all)
+                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all, backend=args.backend)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .deploy.export import export_onnx
+    from .runtime import set_threads
+
+    set_threads(args.threads or "auto")
+    result = export_onnx(_model_file(args.model), args.out, args.check)
+    print(f"exported: {result.path} (max probability difference from PyTorch {result.max_abs_diff:.1e}, "
+          f"checked on {result.checked_on})")
     return 0
 
 
@@ -182,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
     predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
-                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta)
+                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend)
     recursive = args.recursive or p.recursive
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
     with process_group(predictor.device):  # under torchrun: each rank predicts its share
@@ -315,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a model on labelled data")
-    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
+    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
     p.add_argument("--data", required=True, help="data folder with images and masks")
     p.add_argument("--out", help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
     p.add_argument("--config", "-c", help="YAML config file (supplies device, threads, predict.threshold)")
@@ -331,11 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta)")
+    _add_backend_arg(p)
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
-    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
+    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
     p.add_argument("input", nargs="+", help="image files, folders or globs (all go to one output folder)")
     p.add_argument("--config", "-c", help="YAML config file (its predict section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -353,8 +365,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta; 1 = off)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N (default auto)")
+    _add_backend_arg(p)
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("export", help="export a model file for another runtime (ONNX), checked against PyTorch")
+    p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (default)")
+    p.add_argument("--out", help="output file (default: beside the model, MODEL.onnx)")
+    p.add_argument("--check", metavar="DIR",
+                   help="images to compare the export with PyTorch on (default: the model's training data)")
+    _add_threads_arg(p)
+    p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
@@ -410,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_demo)
     return parser
+
+
+def _add_backend_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
+                   help="inference backend; auto: torch for a .safetensors model, onnxruntime for an exported .onnx")
 
 
 class _Subcommands:

@@ -180,18 +180,19 @@ def evaluate_model(
     max_side: int | None = None,
     tta: int | None = None,
     all_images: bool = False,
+    backend: str = "auto",
 ) -> EvalResult:
     """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary. ``tta`` views
     default to the model's own (stored at training). Of a folder that training splits itself, only
-    the validation images the model's training held out are scored, unless ``all_images``."""
-    from ..checkpoint import load_model
+    the validation images the model's training held out are scored, unless ``all_images``. The
+    model file may be an exported ``.onnx``; ``backend`` as in inference/backends.py."""
     from ..data.dataset import Item, SegDataset
     from ..fileio import write_json
+    from ..inference.backends import open_backend
     from ..report import format_table, write_csv
-    from ..runtime import select_device, use_channels_last
 
-    dev = select_device(device)
-    model, info = load_model(model_path, dev)
+    model, info = open_backend(model_path, backend, device)  # memory format and precision are its own
+    dev = model.device
     pre = info.preprocess
     if invert is not None:
         pre.invert = invert
@@ -203,16 +204,17 @@ def evaluate_model(
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=0)
     thr = info.threshold if threshold is None else threshold
     views = info.tta if tta is None else tta
-    result = evaluate(model, loader, dev, thr, channels_last=use_channels_last("auto", dev, training=False),
-                      names=[str(p.stem) for p in pairs], tta=views, label_offset=info.label_offset)
+    result = evaluate(model, loader, dev, thr, names=[str(p.stem) for p in pairs], tta=views,  # type: ignore[arg-type]
+                      label_offset=info.label_offset)
     out = Path(out) if out else Path(model_path).parent / f"eval_{Path(data_dir).name or 'data'}.csv"
     write_csv(out, result.per_image)
-    write_json(out.with_suffix(".json"), {"model": str(model_path), "data": str(data_dir), "images": len(pairs),
+    write_json(out.with_suffix(".json"), {"model": str(model_path), "backend": model.describe(), "data": str(data_dir),
+                                          "images": len(pairs),
                                           "scored": why,
                                           "threshold": thr, "tta": views, **result.metrics})
     rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
             for k in ("iou", "dice", "precision", "recall", "accuracy")]
     views_note = f", TTA x{views}" if views > 1 else ""
     log.info("%s\nper-image results: %s", format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, "
-             f"threshold {thr}{views_note})"), out)
+             f"threshold {thr}{views_note}; {model.describe()})"), out)
     return result

@@ -17,12 +17,11 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..checkpoint import load_model
 from ..data.imageio import read_image, resize_for_model
 from ..distributed import gather_objects, is_main_process, rank, shard
 from ..errors import SegdistillError
 from ..fileio import atomic_path
-from ..runtime import select_device, use_channels_last
+from .backends import open_backend
 from .sources import collect_inputs, inside, output_names
 from .tiling import predict_tiled
 from .tta import tta_logits
@@ -50,17 +49,16 @@ class Predictor:
         tile_overlap: float = 0.25,
         channels_last: str = "auto",
         tta: int | None = None,
+        backend: str = "auto",
     ) -> None:
-        self.device = select_device(device)
-        self.model, self.info = load_model(model_path, self.device)
+        # A .safetensors model or an exported .onnx one, on the backend asked for (inference/backends.py).
+        self.backend, self.info = open_backend(model_path, backend, device, channels_last)
+        self.device = self.backend.device
         self.threshold = self.info.threshold if threshold is None else threshold
         # Test-time augmentation views: the model's own (train.tta) unless asked otherwise.
         self.tta = self.info.tta if tta is None else tta
         self.tile = tile
         self.tile_overlap = tile_overlap
-        self.channels_last = use_channels_last(channels_last, self.device, training=False)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,11 +66,9 @@ class Predictor:
         return tta_logits(self._forward, x.to(self.device), self.tta, self.info.label_offset)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         if self.tile and max(x.shape[-2:]) > self.tile:
-            return torch.cat([predict_tiled(self.model, xi[None], self.tile, self.tile_overlap) for xi in x])
-        return self.model(x).float()
+            return torch.cat([predict_tiled(self.backend, xi[None], self.tile, self.tile_overlap) for xi in x])
+        return self.backend(x)
 
     def predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (H, W) float32 at each image's own size, for float (H, W, C) inputs in

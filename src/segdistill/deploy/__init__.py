@@ -1,0 +1,1 @@
+"""Deployment: exporting model files for other runtimes."""
