@@ -51,7 +51,7 @@ def run(name: str, minutes: float, out: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"set": name, "minutes": round(wall, 1), "epochs": len(history) - 1,
                            "val_iou": metrics.get("iou"), "planned": plan["applied"]}
     if "test" in spec:
-        res = evaluate_model(run_dir / "model.safetensors", spec["test"], out=run_dir / "eval_test.csv")
+        res = evaluate_model(run_dir / "model.safetensors", spec["test"], out=run_dir / "eval_test.csv", all_images=True)
         row["test_iou"] = res.metrics["iou"]
         row["test_dice"] = res.metrics["dice"]
     return row
