@@ -145,9 +145,9 @@ def image_sizes(paths: list[Path], limit: int = 200) -> list[tuple[int, int]]:
     return sizes
 
 
-def check_data(cfg: DataConfig, seed: int = 0, input_size: int | None = None) -> CheckReport:
-    """Run every check; problems go into the report, nothing is raised for them. With
-    ``input_size`` (train.input_size), crops larger than the images are a warning."""
+def check_data(cfg: DataConfig, seed: int = 0) -> CheckReport:
+    """Run every check; problems go into the report, nothing is raised for them (``warn_crops``
+    adds the warning about crops larger than the images, for the crop training would use)."""
     report = CheckReport()
     try:
         split: Split = discover(cfg, seed)
@@ -165,8 +165,6 @@ def check_data(cfg: DataConfig, seed: int = 0, input_size: int | None = None) ->
     report.train_read = (len(report.mask_stats), len(report.sizes))
     for pair in split.val:
         check_pair(pair, cfg.invert, report)
-    if input_size:
-        report.warn_crops(input_size)
     if report.fg_fractions and max(report.fg_fractions) == 0.0:
         report.errors.append("no mask has any foreground pixel: nothing to learn (wrong invert setting?)")
     return report
