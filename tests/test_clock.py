@@ -55,6 +55,21 @@ def test_plan_follows_measured_epochs(monkeypatch):
     assert fake.t + (planned[-1] - 5) * 20.0 + 1.0 <= 600 - budget_margin(600)
 
 
+def test_one_stalled_epoch_does_not_cut_the_plan(monkeypatch):
+    # 40 s epochs, one of 200 s (another program's burst) at epoch 9 of a 30-minute run.
+    fake = FakeClock(step=0.0)
+    monkeypatch.setattr(clock_mod, "_now", fake)
+    clock = RunClock(epochs=30, budget_s=1800.0, started=0.0)
+    plans = []
+    for e in range(1, 13):
+        fake.t += 200.0 if e == 9 else 40.0
+        clock.end_epoch(e, val_seconds=1.0)
+        plans.append(clock.epochs)
+    # The plan loses the stalled epoch's extra 160 s (4 epochs), not half the run.
+    assert plans[7] - 5 <= plans[-1] < plans[7]
+    assert fake.t + (plans[-1] - 12) * 40.0 + 1.0 <= 1800 - budget_margin(1800)
+
+
 def test_a_budget_shorter_than_one_epoch_says_so(monkeypatch, caplog):
     fake = FakeClock(step=0.0)
     monkeypatch.setattr(clock_mod, "_now", fake)

@@ -13,8 +13,8 @@ from PIL import Image
 from segdistill.checkpoint import read_model_info
 from segdistill.cli import main
 from segdistill.config import load_config
-from segdistill.data.fingerprint import Fingerprint, foreground_width
-from segdistill.data.plan import CONTEXT_FILL, CROP, MIN_WIDTH, apply_plan, make_plan
+from segdistill.data.fingerprint import Fingerprint, detail_width, foreground_width
+from segdistill.data.plan import CONTEXT_FILL, CROP, DETAIL_WIDTH, MIN_WIDTH, apply_plan, make_plan
 from segdistill.engine.planning import plan_run, train_fingerprint
 
 from .test_fingerprint import _person
@@ -38,6 +38,16 @@ def test_foreground_width_of_a_line_and_a_disc():
     assert foreground_width(np.zeros((8, 8), bool)) is None
 
 
+def test_the_finest_detail_is_the_thinner_class():
+    # Thick cells (15 px) with 3 px gaps between them: the gaps are the detail to keep.
+    cells = np.ones((90, 90), bool)
+    for k in range(15, 90, 18):
+        cells[k:k + 3, :] = False
+    assert foreground_width(cells) > 10 and detail_width(cells) == pytest.approx(3, rel=0.2)
+    assert detail_width(~cells) == pytest.approx(detail_width(cells))  # the same for either labelling
+    assert detail_width(np.ones((8, 8), bool)) is None and detail_width(np.zeros((8, 8), bool)) is None
+
+
 def test_microscopy_like_data_keeps_its_resolution_flips_and_turns():
     plan = make_plan(_fp())  # many small objects in 512 px gray images, no up and down
     assert plan.max_side is None and plan.input_size == CROP
@@ -53,7 +63,8 @@ def test_photos_of_one_upright_object_are_downscaled_and_never_flipped_verticall
     assert plan.vflip == 0 and plan.rot90 == 0 and plan.hflip == 0.5
     assert plan.max_side is not None and plan.max_side < 500
     assert 0.85 * 390 * plan.max_side / 500 <= CONTEXT_FILL * CROP + 32  # the large objects fit a crop (to the rounding)
-    assert plan.depth == 5 and "vertical" in plan.reasons["flips"]
+    assert "vertical" in plan.reasons["flips"]
+    assert make_plan(fp).depth == 5  # without a budget's downscaling the objects span > 96 px
     # The same photos with no preferred orientation get flips and turns.
     assert make_plan(replace(fp, vertical_z=1.0), 30).vflip == 0.5
 
@@ -64,6 +75,19 @@ def test_thin_structures_are_not_downscaled_below_the_minimum_width():
     plan = make_plan(fp)
     assert plan.max_side == round(1024 * MIN_WIDTH / 10.0 / 32) * 32
     assert "thick" in plan.reasons["max_side"]
+
+
+def test_a_short_budget_works_at_a_lower_resolution_where_the_detail_allows():
+    # Polyp-like photos: 620x530, one object up to 83% of the shorter side, 109 px thick.
+    fp = _fp(median_size=(620, 530), objects_per_image=1, object_extent=0.47, large_extent=0.83, feature_width=109.0)
+    short, unbounded = make_plan(fp, 30), make_plan(fp)
+    assert unbounded.max_side == 320  # only the large objects' rule: they fit a crop
+    assert short.max_side < unbounded.max_side and "30-minute" in short.reasons["max_side"]
+    assert 109 * short.max_side / 620 >= DETAIL_WIDTH[0][1] - 2  # still about 32 px thick (to the rounding)
+    assert short.input_size == short.max_side and short.depth == 4
+    assert make_plan(fp, 120).max_side > short.max_side  # a longer budget affords finer pixels
+    # Thin detail is never shrunk for the budget: 7.5 px membranes stay native.
+    assert make_plan(_fp(feature_width=7.5, large_extent=1.0), 30).max_side is None
 
 
 def test_small_images_are_cropped_whole_and_the_network_is_shallower():

@@ -137,7 +137,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     set_threads(args.threads or cfg.threads)
     threshold = args.threshold if args.threshold is not None else cfg.predict.threshold
     evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=threshold, device=args.device or cfg.device,
-                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all, backend=args.backend)
+                   invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all, backend=args.backend,
+                   precision=args.precision)
     return 0
 
 
@@ -146,9 +147,28 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     set_threads(args.threads or "auto")
+    if args.int8:
+        from .deploy.quantize import export_int8
+
+        if not args.calibrate:
+            raise ConfigError("--int8 needs --calibrate DIR: images to take the activation ranges from")
+        q = export_int8(_model_file(args.model), args.out, args.calibrate, args.calibration_images)
+        print(f"exported: {q.path} (int8; masks agree with fp32 on {q.agreement:.2%} of the pixels of "
+              f"{q.images} calibration image(s))")
+        return 0
     result = export_onnx(_model_file(args.model), args.out, args.check)
     print(f"exported: {result.path} (max probability difference from PyTorch {result.max_abs_diff:.1e}, "
           f"checked on {result.checked_on})")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from .deploy.speed import benchmark_models
+    from .runtime import set_threads
+
+    set_threads(args.threads or "auto")
+    benchmark_models([_model_file(m) for m in args.models], backend=args.backend, size=args.size,
+                     batch_sizes=args.batch_sizes, runs=args.runs, json_out=args.json, data=args.data)
     return 0
 
 
@@ -190,12 +210,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, list(args.overrides))
     set_threads(args.threads or cfg.threads)
+    from .inference.choose import MEASURE_IMAGES
+
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
-    predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
-                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend)
     recursive = args.recursive or p.recursive
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
+    predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
+                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend,
+                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None)
     with process_group(predictor.device):  # under torchrun: each rank predicts its share
         # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
         out = decided_by_main_process(lambda: prediction_dir(
@@ -375,8 +398,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: beside the model, MODEL.onnx)")
     p.add_argument("--check", metavar="DIR",
                    help="images to compare the export with PyTorch on (default: the model's training data)")
+    p.add_argument("--int8", action="store_true",
+                   help="static int8 quantization (QDQ; ONNX Runtime and OpenVINO), calibrated on --calibrate")
+    p.add_argument("--calibrate", metavar="DIR", help="images for the int8 activation ranges (real images of the task)")
+    p.add_argument("--calibration-images", type=int, default=32, metavar="N", help="at most N of them (default 32)")
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("benchmark", help="how fast models run here: latency, throughput, memory, GFLOP/s per backend")
+    p.add_argument("models", nargs="+", help="model files (.safetensors, .onnx, run folders); the first is the "
+                                             "reference for speed-ups (e.g. the teacher, then its students)")
+    p.add_argument("--backend", choices=["all", "auto", "torch", "onnxruntime", "openvino"], default="all",
+                   help="all (default): every installed backend and precision, marking what auto picks")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
+                   help="input height [width] (default: the model's working size, else 512)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="B",
+                   help="batch sizes tried for throughput (default 1 2 4 8)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs per backend at batch 1 (default 20)")
+    p.add_argument("--data", help="labelled data: also each backend's IoU on it (evaluate)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    _add_threads_arg(p)
+    p.set_defaults(fn=cmd_benchmark)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
@@ -435,8 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="inference backend; auto: torch for a .safetensors model, onnxruntime for an exported .onnx")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "openvino"], default="auto",
+                   help="inference backend; auto: the fastest measured on this machine (cached; measured for jobs of "
+                        "32+ images), else torch for a .safetensors model and onnxruntime for an .onnx")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="inference precision; auto: measured with --backend auto, else fp32 (an int8 export runs int8)")
 
 
 class _Subcommands:

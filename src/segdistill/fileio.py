@@ -89,3 +89,10 @@ def remove_temporaries(folder: str | os.PathLike[str]) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def cache_root() -> Path:
+    """Where segdistill keeps what it can recompute (teacher targets, measured backend choices):
+    ``$SEGDISTILL_CACHE``, else ``$XDG_CACHE_HOME/segdistill``, else ``~/.cache/segdistill``."""
+    root = os.environ.get("SEGDISTILL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "segdistill")
+    return Path(root)

@@ -40,9 +40,10 @@ class MaskStats:
     """Each object's bounding box, its longer side relative to the image's shorter side (what a
     crop must span to show the object whole), largest object first."""
     width_px: float | None = None
-    """How thick the foreground is, in pixels at the mask's own resolution: 2 x area / boundary
-    length (a line's width, a disc's radius); None without foreground. The finest detail a
-    downscaled working resolution must keep."""
+    """How thick the thinner class is, in pixels at the mask's own resolution: 2 x the smaller of
+    the foreground and background areas / the boundary's length (a line's width, a disc's radius);
+    None without a boundary. The finest detail a downscaled working resolution must keep: thick
+    cells with thin gaps between them are as fine as the gaps."""
 
 
 def mask_stats(fg: np.ndarray, grid: int = GRID) -> MaskStats:
@@ -51,7 +52,7 @@ def mask_stats(fg: np.ndarray, grid: int = GRID) -> MaskStats:
     scale = min(1.0, grid / max(h, w))
     gh, gw = max(1, round(h * scale)), max(1, round(w * scale))
     small = fg if scale == 1.0 else np.asarray(Image.fromarray(fg.astype(np.uint8) * 255).resize((gw, gh), Image.BOX)) >= 128
-    stats = MaskStats(float(fg.mean()), width_px=foreground_width(fg))
+    stats = MaskStats(float(fg.mean()), width_px=detail_width(fg))
     short = min(gh, gw)
     for ys, xs in components(small):
         area = len(ys)
@@ -69,7 +70,20 @@ def foreground_width(fg: np.ndarray) -> float | None:
     """2 x foreground area / boundary length, in pixels (None without foreground): a line ``w``
     pixels wide gives ``w``, a disc of radius ``r`` gives ``r``. The boundary counts foreground
     pixels with a background 4-neighbour inside the image (the image's edge is not a boundary)."""
+    return _width(fg, int(fg.sum()))
+
+
+def detail_width(fg: np.ndarray) -> float | None:
+    """How thick the thinner of the two classes is (:func:`foreground_width` of the class with the
+    smaller area), in pixels; None where the mask has no boundary (all one class)."""
     area = int(fg.sum())
+    if area == 0 or area == fg.size:
+        return None
+    return _width(fg, min(area, fg.size - area))
+
+
+def _width(fg: np.ndarray, area: int) -> float | None:
+    """2 x ``area`` / the foreground's boundary (the same line bounds the background)."""
     if area == 0:
         return None
     inner = fg.copy()
@@ -77,7 +91,7 @@ def foreground_width(fg: np.ndarray) -> float | None:
     inner[:-1, :] &= fg[1:, :]
     inner[:, 1:] &= fg[:, :-1]
     inner[:, :-1] &= fg[:, 1:]
-    boundary = area - int(inner.sum())
+    boundary = int(fg.sum()) - int(inner.sum())
     return 2.0 * area / boundary if boundary else float(min(fg.shape))
 
 
@@ -127,7 +141,7 @@ class Fingerprint:
     """90th percentile over images of the largest object's extent (as object_extent): how much of
     the image a crop must span to show the large objects whole."""
     feature_width: float
-    """Median over images of how thick the foreground is, in native pixels (MaskStats.width_px)."""
+    """Median over images of how thick the thinner class is, in native pixels (MaskStats.width_px)."""
     vertical_bias: float
     """Mean of the objects' vertical offsets (see MaskStats); 0 for no preferred up and down."""
     vertical_z: float
@@ -159,7 +173,7 @@ class Fingerprint:
             "objects per image (median)": f"{self.objects_per_image:g}",
             "object size / shorter side (median; largest)": f"{self.object_size:.3f}; {self.largest_object:.3f}",
             "object extent / shorter side (median; large, p90)": f"{self.object_extent:.3f}; {self.large_extent:.3f}",
-            "foreground width (median, px)": f"{self.feature_width:.1f}",
+            "finest detail: thinner class's width (median, px)": f"{self.feature_width:.1f}",
             "orientation": f"{side} (vertical z {self.vertical_z:+.1f}, left-right z {self.horizontal_z:+.1f})",
         }
 

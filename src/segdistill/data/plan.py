@@ -23,6 +23,12 @@ a crop: a network that only ever sees part of an object cannot learn its outline
 MIN_WIDTH = 8.0
 """Downscaling stops where the foreground would get thinner than this many pixels (membranes, thin
 structures): below it a 2-pixel boundary error is a quarter of the structure."""
+DETAIL_WIDTH = ((90, 32.0), (360, 48.0))
+"""(budget up to this many minutes, px): the finest detail (the thinner class's width) is shrunk
+to about this many pixels when that is smaller than the large objects' rule asks; 64 px with a
+longer budget or none. Pixels cost time: a polyp 109 px thick is still 32 px thick at a third of
+the resolution, where a 30-minute run sees its images 3x as often."""
+DETAIL_WIDTH_UNBOUNDED = 64.0
 DEEP_EXTENT = 96
 """Objects whose typical extent at the working resolution exceeds this many pixels get a fifth
 level (a depth-4 U-Net's receptive field is about 200 px; the effective one about half of it)."""
@@ -75,6 +81,17 @@ def _ceil32(x: float) -> int:
     return max(32, int(math.ceil(x / 32)) * 32)
 
 
+def _detail_width(budget_minutes: float | None) -> float:
+    for limit, px in DETAIL_WIDTH:
+        if budget_minutes is not None and budget_minutes <= limit:
+            return px
+    return DETAIL_WIDTH_UNBOUNDED
+
+
+def _budget_words(budget_minutes: float | None) -> str:
+    return "a run without a time budget" if budget_minutes is None else f"a {budget_minutes:g}-minute budget"
+
+
 def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False) -> Plan:
     """The plan for data with fingerprint ``fp`` and a run of ``budget_minutes`` (None: no budget).
     ``student``: a distillation, whose students learn for longer (twice the crops: on held-out
@@ -83,26 +100,30 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     longer, short = max(w, h, 1), max(min(w, h), 1)
     reasons: dict[str, str] = {}
 
-    # Working resolution: shrink until the large objects fit a crop, never below the finest detail.
+    # Working resolution: shrink until the large objects fit a crop, or (with a short budget) until
+    # the finest detail is as thin as the budget affords; never below the finest detail's minimum.
     large_px = fp.large_extent * short
-    scale = 1.0
-    if large_px > CONTEXT_FILL * CROP:
-        scale = CONTEXT_FILL * CROP / large_px
-        floor = min(1.0, MIN_WIDTH / fp.feature_width) if fp.feature_width > 0 else 1.0
-        if scale < floor:
-            scale = floor
-            reasons["max_side"] = (f"large objects span {large_px:.0f} px (p90) but the foreground is {fp.feature_width:.1f} px "
-                                   f"thick: downscaled only to keep it {MIN_WIDTH:g} px")
+    detail = _detail_width(budget_minutes)
+    fit = min(1.0, CONTEXT_FILL * CROP / large_px) if large_px > 0 else 1.0
+    cheap = min(1.0, detail / fp.feature_width) if fp.feature_width > 0 else 1.0
+    scale = min(fit, cheap)
+    floor = min(1.0, MIN_WIDTH / fp.feature_width) if fp.feature_width > 0 else 1.0
+    if scale < floor:
+        scale = floor
+        reasons["max_side"] = (f"large objects span {large_px:.0f} px (p90) but the finest detail is {fp.feature_width:.1f} px "
+                               f"thick: downscaled only to keep it {MIN_WIDTH:g} px")
     max_side = _round32(longer * scale) if scale < 1 else None
     if max_side is not None and max_side >= longer:
         max_side = None
     if max_side is None:
         reasons.setdefault("max_side", f"native resolution: the large objects span {large_px:.0f} px of {longer} "
-                                       f"(p90), they fit a {CROP} px crop")
+                                       f"(p90), they fit a {CROP} px crop; the finest detail is {fp.feature_width:.1f} px")
     else:
         scale = max_side / longer
-        reasons.setdefault("max_side", f"downscaled to {max_side} px (x{scale:.2f}): the large objects span "
-                                       f"{large_px:.0f} px (p90), {large_px * scale:.0f} px after, so a crop shows them whole")
+        why = (f"the finest detail ({fp.feature_width:.0f} px) stays {fp.feature_width * scale:.0f} px thick, enough for "
+               f"{_budget_words(budget_minutes)}" if cheap < fit else
+               f"the large objects span {large_px:.0f} px (p90), {large_px * scale:.0f} px after, so a crop shows them whole")
+        reasons.setdefault("max_side", f"downscaled to {max_side} px (x{scale:.2f}): {why}")
 
     # Crop: the standard crop, or the whole (working) image when the images are smaller.
     work_longer, work_short = longer * scale, short * scale

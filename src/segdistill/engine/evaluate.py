@@ -181,24 +181,30 @@ def evaluate_model(
     tta: int | None = None,
     all_images: bool = False,
     backend: str = "auto",
+    precision: str = "auto",
 ) -> EvalResult:
     """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary. ``tta`` views
     default to the model's own (stored at training). Of a folder that training splits itself, only
     the validation images the model's training held out are scored, unless ``all_images``. The
-    model file may be an exported ``.onnx``; ``backend`` as in inference/backends.py."""
+    model file may be an exported ``.onnx``; ``backend`` and ``precision`` as in inference/backends.py
+    (``auto`` measures the backends once the data has ``MEASURE_IMAGES`` images or more)."""
+    from ..checkpoint import read_model_info
     from ..data.dataset import Item, SegDataset
     from ..fileio import write_json
     from ..inference.backends import open_backend
+    from ..inference.choose import MEASURE_IMAGES
     from ..report import format_table, write_csv
 
-    model, info = open_backend(model_path, backend, device)  # memory format and precision are its own
+    pairs, why = evaluation_pairs(data_dir, split=training_split(model_path, read_model_info(model_path).summary),
+                                  all_images=all_images)
+    measure_on = pairs[0].image if len(pairs) >= MEASURE_IMAGES else None
+    model, info = open_backend(model_path, backend, device, precision=precision, measure_on=measure_on)
     dev = model.device
     pre = info.preprocess
     if invert is not None:
         pre.invert = invert
     if max_side is not None:
         pre.max_side = max_side
-    pairs, why = evaluation_pairs(data_dir, split=training_split(model_path, info.summary), all_images=all_images)
     log.info("%s", why)
     ds = SegDataset([Item(p.image, p.mask) for p in pairs], pre, train=False, cache=False, resize_masks=False)
     loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=0)

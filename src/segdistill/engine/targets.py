@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,15 +22,14 @@ from ..checkpoint import ModelInfo, file_sha256
 from ..data.imageio import open_image
 from ..distributed import all_ranks, is_main_process, shard
 from ..errors import TrainingError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, cache_root
 from ..runtime import select_device
 
 log = logging.getLogger("segdistill")
 
 
 def default_cache_dir() -> Path:
-    root = os.environ.get("SEGDISTILL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "segdistill")
-    return Path(root) / "targets"
+    return cache_root() / "targets"
 
 
 def cache_folder(cache_root: Path, teacher_path: Path, info: ModelInfo) -> Path:

@@ -5,7 +5,12 @@ which one it is. The backend is chosen in one place, :func:`open_backend`:
 
 - ``torch``: the model file rebuilt in PyTorch (eager), channels-last where measured to pay;
 - ``onnxruntime``: an exported ``.onnx`` file (``segdistill export``), or a ``.safetensors`` model
-  exported in memory first.
+  exported in memory first;
+- ``openvino`` (optional extra ``segdistill[openvino]``): the same ONNX graph compiled by OpenVINO,
+  in f32 or (on CPUs that compute it natively) bf16.
+
+An int8 file (``segdistill export --int8``) is a QDQ ONNX graph that both runtimes run in int8.
+``auto`` picks among all of these by measuring them on the machine at hand (inference/choose.py).
 
 The exported graph takes inputs whose height and width are multiples of the network's ``2**depth``
 (no shape-dependent branch inside the graph); the backend pads with the model's own rule
@@ -15,6 +20,8 @@ PyTorch gives.
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +31,31 @@ from torch import nn
 from ..checkpoint import ModelInfo, load_model, read_model_info
 from ..errors import ModelFileError, SegdistillError
 from ..models.blocks import pad_to_multiple
-from ..runtime import select_device, use_channels_last
+from ..runtime import cpu_has_native_bf16, select_device, use_channels_last
 
-BACKENDS = ("auto", "torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
+ONNX_PRECISION_KEY = "segdistill.precision"
+"""ONNX metadata key naming an exported graph's precision ("int8" for a quantized export)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One way to run a model: a backend, a precision and (torch) the memory format."""
+
+    backend: str
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}" + (", channels-last" if self.channels_last else "")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"backend": self.backend, "precision": self.precision, "channels_last": self.channels_last}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> Choice:
+        return cls(str(d["backend"]), str(d["precision"]), bool(d.get("channels_last", False)))
 
 
 class Backend:
@@ -51,9 +80,12 @@ class Backend:
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    def __init__(self, model: nn.Module, device: torch.device, channels_last: bool, precision: str = "fp32") -> None:
         self.device = device
         self.channels_last = channels_last
+        self.precision = precision
+        # bf16 by autocast (weights stay fp32; convolutions run in bf16 where the CPU or GPU computes it).
+        self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
 
     @torch.inference_mode()
@@ -61,7 +93,10 @@ class TorchBackend(Backend):
         x = x.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x).float()
+        if self.dtype is None:
+            return self.model(x).float()
+        with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+            return self.model(x).float()
 
     def describe(self) -> str:
         return f"torch {self.precision}" + (", channels-last" if self.channels_last else "")
@@ -70,7 +105,8 @@ class TorchBackend(Backend):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None) -> None:
+    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None, precision: str = "fp32") -> None:
+        self.precision = precision
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - a regular dependency
@@ -95,6 +131,72 @@ class OnnxRuntimeBackend(Backend):
         return torch.from_numpy(out[..., :h, :w].copy())
 
 
+class OpenVinoBackend(Backend):
+    """An ONNX graph compiled by OpenVINO for the CPU. ``precision``: the inference precision hint
+    (``fp32`` -> f32, ``bf16``; an int8 QDQ graph runs in int8 either way). One compiled model per
+    input shape (static shapes are what OpenVINO optimises best), a few kept."""
+
+    name = "openvino"
+    KEEP = 4
+
+    def __init__(self, model: str | Path | bytes, multiple: int, threads: int | None = None, precision: str = "fp32",
+                 graph_precision: str = "fp32") -> None:
+        ov = import_openvino()
+        self.core = ov.Core()
+        self.multiple = multiple
+        self.precision = graph_precision if graph_precision == "int8" else precision
+        hint = "bf16" if precision == "bf16" else "f32"  # an int8 graph's quantized layers run int8 either way
+        self.config = {"INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "INFERENCE_PRECISION_HINT": hint,
+                       "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.model = self.core.read_model(io.BytesIO(model) if isinstance(model, bytes) else str(model))
+        except Exception as e:  # OpenVINO's own error types
+            where = "the exported model" if isinstance(model, bytes) else str(model)
+            raise ModelFileError(f"{where}: OpenVINO cannot load it ({str(e).strip().splitlines()[0][:200]})") from None
+        self.input_name = self.model.inputs[0].get_any_name()
+        self.compiled: dict[tuple[int, ...], object] = {}
+
+    def _compiled(self, shape: tuple[int, ...]):
+        if shape not in self.compiled:
+            if len(self.compiled) >= self.KEEP:
+                self.compiled.pop(next(iter(self.compiled)))
+            model = self.model.clone()
+            model.reshape({self.input_name: list(shape)})
+            self.compiled[shape] = self.core.compile_model(model, "CPU", self.config)
+        return self.compiled[shape]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        padded, _, _ = pad_to_multiple(x.detach().float().cpu(), self.multiple)
+        arr = np.ascontiguousarray(padded.numpy())
+        out = self._compiled(arr.shape)(arr)[0]
+        return torch.from_numpy(np.asarray(out)[..., :h, :w].copy())
+
+
+def import_openvino():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SegdistillError("OpenVINO is not installed: pip install 'segdistill[openvino]' (or pip install openvino)") from None
+    return ov
+
+
+def openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def onnx_precision(path: str | Path) -> str:
+    """"int8" for a quantized export, else "fp32" (from the file's metadata)."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in proto.metadata_props if p.key == ONNX_PRECISION_KEY), "fp32")
+
+
 def pad_multiple(info: ModelInfo) -> int:
     """What a model pads its input to: ``2**depth`` (every registered U-Net has a depth)."""
     return 2 ** int(info.args.get("depth", 4))
@@ -104,25 +206,97 @@ def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
 
+def candidates(onnx_file: bool, graph_precision: str = "fp32", device: torch.device | None = None) -> list[Choice]:
+    """The ways this machine can run a model file: its reference first (torch fp32 for a
+    ``.safetensors`` file; ONNX Runtime for an ``.onnx`` one), then the rest that are installed.
+    bf16 only where the CPU computes it natively (emulated bf16 was 16x slower than fp32)."""
+    if device is not None and device.type != "cpu":
+        return [Choice("torch", "fp32", True), Choice("torch", "bf16", True)]
+    bf16 = cpu_has_native_bf16()
+    out: list[Choice] = []
+    if not onnx_file:
+        out += [Choice("torch", "fp32", False), Choice("torch", "fp32", True)]
+        if bf16:
+            out.append(Choice("torch", "bf16", True))
+    out.append(Choice("onnxruntime", graph_precision))
+    if openvino_available():
+        out.append(Choice("openvino", graph_precision if graph_precision == "int8" else "fp32"))
+        if bf16 and graph_precision != "int8":
+            out.append(Choice("openvino", "bf16"))
+    return out
+
+
+def build_backend(choice: Choice, path: Path, info: ModelInfo, model: nn.Module | None = None,
+                  blob: bytes | None = None, device: torch.device | None = None) -> Backend:
+    """The backend for ``choice`` on the model file at ``path`` (``model``: it already built in
+    PyTorch; ``blob``: its ONNX export, made here when needed and not given)."""
+    graph: str | Path | bytes
+    if is_onnx(path):
+        if choice.backend == "torch":
+            raise SegdistillError(f"{path}: an exported ONNX model runs on onnxruntime or openvino; for torch give "
+                                  "the .safetensors model file it was exported from")
+        graph, graph_precision = path, onnx_precision(path)
+    else:
+        dev = device or torch.device("cpu")
+        if model is None:
+            model, _ = load_model(path, dev)
+        if choice.backend == "torch":
+            if choice.precision == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+                log_bf16_emulated()
+            return TorchBackend(model, dev, choice.channels_last, choice.precision)
+        if dev.type != "cpu":
+            raise SegdistillError(f"--backend {choice.backend} runs on the CPU; use --device cpu, or torch on the GPU")
+        if blob is None:
+            from ..deploy.export import onnx_bytes
+
+            blob = onnx_bytes(model, info)
+        graph, graph_precision = blob, "fp32"
+    if choice.backend == "onnxruntime":
+        if choice.precision == "bf16":
+            raise SegdistillError("onnxruntime runs fp32 (or an int8 export) on the CPU; for bf16 use torch or openvino")
+        return OnnxRuntimeBackend(graph, pad_multiple(info), precision=graph_precision)
+    if choice.backend == "openvino":
+        return OpenVinoBackend(graph, pad_multiple(info), precision=choice.precision, graph_precision=graph_precision)
+    raise SegdistillError(f"unknown backend {choice.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def log_bf16_emulated() -> None:
+    import logging
+
+    logging.getLogger("segdistill").warning("this CPU has no native bf16: bf16 inference is emulated and slow")
+
+
 def open_backend(path: str | Path, backend: str = "auto", device: str | torch.device = "auto",
-                 channels_last: str = "auto") -> tuple[Backend, ModelInfo]:
-    """The model file at ``path`` (``.safetensors`` or an exported ``.onnx``) on ``backend``:
-    ``auto`` runs a ``.safetensors`` file in PyTorch and a ``.onnx`` file in ONNX Runtime."""
+                 channels_last: str = "auto", precision: str = "auto",
+                 measure_on: str | Path | None = None) -> tuple[Backend, ModelInfo]:
+    """The model file at ``path`` (``.safetensors`` or an exported ``.onnx``) on ``backend``.
+
+    ``auto``: the choice measured before for this model, machine and input size (a cache); else,
+    given ``measure_on`` (an image of the job: its size at the model's resolution), the fastest of
+    :func:`candidates` measured now (and cached), never one whose outputs disagree with the
+    reference; else torch for a ``.safetensors`` file and ONNX
+    Runtime for a ``.onnx`` one. A named backend runs in ``precision`` (auto: fp32; an int8 export
+    in int8)."""
     if backend not in BACKENDS:
         raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     path = Path(path)
-    if is_onnx(path):
-        if backend == "torch":
-            raise SegdistillError(f"{path}: an exported ONNX model runs on onnxruntime; for torch give the "
-                                  ".safetensors model file it was exported from")
-        info = read_model_info(path)
-        return OnnxRuntimeBackend(path, pad_multiple(info)), info
-    dev = select_device(device)
-    model, info = load_model(path, dev)
-    if backend == "onnxruntime":
-        if dev.type != "cpu":
-            raise SegdistillError("--backend onnxruntime runs on the CPU; use --device cpu, or torch on the GPU")
-        from ..deploy.export import onnx_bytes
+    info = read_model_info(path)
+    onnx_file = is_onnx(path)
+    dev = torch.device("cpu") if onnx_file else select_device(device)
+    if backend == "auto" and precision == "auto" and dev.type == "cpu":
+        from .choose import cached_or_measured, working_size
 
-        return OnnxRuntimeBackend(onnx_bytes(model, info), pad_multiple(info)), info
-    return TorchBackend(model, dev, use_channels_last(channels_last, dev, training=False)), info
+        choice = cached_or_measured(path, info, working_size(measure_on, info) if measure_on else None)
+        if choice is not None:
+            return build_backend(choice, path, info, device=dev), info
+    if backend == "auto":
+        backend = "onnxruntime" if onnx_file else "torch"
+    prec = "fp32" if precision == "auto" else precision
+    if backend == "torch":
+        if onnx_file:
+            build_backend(Choice("torch"), path, info)  # the error for an ONNX file on torch
+        model, info = load_model(path, dev)
+        return TorchBackend(model, dev, use_channels_last(channels_last, dev, training=False), prec), info
+    return build_backend(Choice(backend, prec), path, info, device=dev), info

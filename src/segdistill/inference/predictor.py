@@ -50,9 +50,12 @@ class Predictor:
         channels_last: str = "auto",
         tta: int | None = None,
         backend: str = "auto",
+        precision: str = "auto",
+        measure_on: str | Path | None = None,
     ) -> None:
-        # A .safetensors model or an exported .onnx one, on the backend asked for (inference/backends.py).
-        self.backend, self.info = open_backend(model_path, backend, device, channels_last)
+        # A .safetensors model or an exported .onnx one, on the backend asked for (inference/backends.py);
+        # ``measure_on``: an image of a job large enough to pay for measuring which backend is fastest.
+        self.backend, self.info = open_backend(model_path, backend, device, channels_last, precision, measure_on)
         self.device = self.backend.device
         self.threshold = self.info.threshold if threshold is None else threshold
         # Test-time augmentation views: the model's own (train.tta) unless asked otherwise.

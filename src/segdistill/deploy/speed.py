@@ -1,0 +1,203 @@
+"""``segdistill benchmark MODEL...``: how fast models run on this machine, per backend and precision.
+
+For each model and each way to run it (inference/backends.py ``candidates``): parameters, GFLOPs at
+the size, latency p50/p95 at batch 1, throughput at the best batch size, peak memory, the achieved
+GFLOP/s beside this machine's measured matrix-multiply rate, and (``--data``) the IoU it scores, so
+that a faster precision's accuracy cost is on the same line. The candidates run in interleaved
+rounds (inference/choose.py ``measure``), so noise from other work hits all of them alike, and the
+one ``--backend auto`` would pick is marked. The first model is the reference for speed-ups.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..benchmark import count_params
+from ..checkpoint import ModelInfo, read_model_info
+from ..fileio import write_json
+from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
+from ..inference.choose import Timing, cache_key, choose, measure, remember
+from ..models.registry import create_model
+from ..report import format_table
+from ..runtime import cpu_description, cpu_flags, cpu_has_native_bf16
+
+log = logging.getLogger("segdistill")
+
+
+def cpu_features() -> dict[str, bool]:
+    """The instruction-set features that decide which precision pays on a CPU."""
+    flags = cpu_flags()
+    return {"avx2": "avx2" in flags, "avx512": "avx512f" in flags, "native_bf16": cpu_has_native_bf16(),
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "amx": "amx_tile" in flags}
+
+
+def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, runs: int = 10) -> float:
+    """This machine's measured matrix-multiply rate (GFLOP/s, median of ``runs``): the ceiling a
+    convolution network's achieved rate is read against."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2] / 1e9
+
+
+def model_gflops(info: ModelInfo, size: tuple[int, int]) -> tuple[int, float]:
+    """(parameters, forward GFLOPs for one image of ``size``): counted on the architecture rebuilt
+    from the file's metadata (weights do not change the count; an .onnx file has the same)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = create_model(info.arch, **info.args).eval()
+    x = torch.zeros(1, info.preprocess.in_channels, *size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return count_params(model), counter.get_total_flops() / 1e9
+
+
+def _rss_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak resident memory (Linux: clear_refs 5), so each backend's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def throughput(timing: Timing, x: torch.Tensor, batch_sizes: list[int], runs: int = 3) -> tuple[int, float, float | None]:
+    """(best batch size, images per second at it, peak memory in MB over these runs): median of
+    ``runs`` per batch size."""
+    backend = timing.backend
+    can_reset = _reset_peak()
+    best = (1, 0.0)
+    for b in batch_sizes:
+        xb = x.repeat(b, 1, 1, 1)
+        backend(xb)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            backend(xb)
+            times.append(time.perf_counter() - t0)
+        rate = b / sorted(times)[len(times) // 2]
+        if rate > best[1]:
+            best = (b, rate)
+    return best[0], best[1], _rss_mb("VmHWM") if can_reset else None
+
+
+def _default_size(info: ModelInfo) -> tuple[int, int]:
+    side = info.preprocess.max_side or 512
+    return side, side
+
+
+def _iou(path: Path, data: str, choice: Choice, cache: dict[tuple[str, str], float]) -> float | None:
+    from ..engine.evaluate import evaluate_model
+
+    key = (choice.backend, choice.precision)
+    if key not in cache:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = evaluate_model(path, data, out=Path(tmp) / "eval.csv", backend=choice.backend, precision=choice.precision)
+        cache[key] = res.metrics["iou"]
+    return cache[key]
+
+
+def benchmark_models(models: list[str | Path], backend: str = "all", size: list[int] | None = None,
+                     batch_sizes: list[int] | None = None, runs: int = 20, json_out: str | Path | None = None,
+                     data: str | None = None) -> list[dict[str, Any]]:
+    """Time every model on every installed backend and precision (``backend``: all, auto, or one
+    backend's precisions); returns the rows (also printed, and written to ``json_out``)."""
+    batch_sizes = batch_sizes or [1, 2, 4, 8]
+    features = cpu_features()
+    peak_fp32 = matmul_gflops()
+    peak_bf16 = matmul_gflops(torch.bfloat16) if features["native_bf16"] else None
+    rows: list[dict[str, Any]] = []
+    reference_ms: float | None = None
+    reference_gflops: float | None = None
+    for model in models:
+        path = Path(model)
+        info = read_model_info(path)
+        hw = (size[0], size[-1]) if size else _default_size(info)
+        params, gflops = model_gflops(info, hw)
+        onnx_file = is_onnx(path)
+        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32")
+        if backend not in ("all", "auto"):
+            choices = [c for c in choices if c.backend == backend] or [Choice(backend)]
+        log.info("timing %s at %dx%d: %s", path.name, *hw, ", ".join(c.label() for c in choices))
+        timings = measure(path, info, hw, choices, runs=runs, keep=True)
+        chosen = choose(timings) if timings[0].p50_ms is not None else None
+        if chosen is not None and backend in ("all", "auto") and not onnx_file:
+            remember(cache_key(path, hw), timings, chosen)  # what predict/evaluate's auto will use
+        x = timings[0].probe
+        ious: dict[tuple[str, str], float] = {}
+        model_rows = []
+        for t in timings:
+            row: dict[str, Any] = {"model": str(path), "backend": t.choice.backend, "precision": t.choice.precision,
+                                   "channels_last": t.choice.channels_last, "size": list(hw), "params": params,
+                                   "gflops": round(gflops, 4), "p50_ms": t.p50_ms, "p95_ms": t.p95_ms,
+                                   "agreement": t.agreement, "max_diff": t.max_diff, "accurate": t.accurate,
+                                   "error": t.error, "chosen": chosen is not None and t is chosen}
+            if t.p50_ms is not None and t.backend is not None:
+                row["gflops_per_s"] = gflops / (t.p50_ms / 1000)
+                row["best_batch"], row["images_per_s"], row["peak_mb"] = throughput(t, x, batch_sizes)
+                if data:
+                    row["iou"] = _iou(path, data, t.choice, ious)
+            model_rows.append(row)
+        best = min((r["p50_ms"] for r in model_rows if r["p50_ms"] is not None and r["accurate"]), default=None)
+        if reference_ms is None:
+            reference_ms, reference_gflops = best, gflops
+        elif best is not None and reference_ms is not None:
+            for r in model_rows:
+                r["speedup_vs_first"] = reference_ms / best
+                r["gflop_ratio_vs_first"] = reference_gflops / gflops if gflops else None
+        rows += model_rows
+    _print(rows, features, peak_fp32, peak_bf16)
+    if json_out:
+        write_json(json_out, {"machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(), **features,
+                                          "matmul_gflops_fp32": peak_fp32, "matmul_gflops_bf16": peak_bf16},
+                              "entries": rows})
+    return rows
+
+
+def _print(rows: list[dict[str, Any]], features: dict[str, bool], peak_fp32: float, peak_bf16: float | None) -> None:
+    shown = []
+    for r in rows:
+        shown.append({"model": Path(r["model"]).name, "backend": r["backend"] + (" CL" if r["channels_last"] else ""),
+                      "precision": r["precision"], "p50 ms": r["p50_ms"], "p95 ms": r["p95_ms"],
+                      "img/s (batch)": f"{r['images_per_s']:.1f} ({r['best_batch']})" if "images_per_s" in r else "",
+                      "GFLOP/s": r.get("gflops_per_s"), "peak MB": r.get("peak_mb"),
+                      "agrees": "" if r["agreement"] is None else f"{r['agreement']:.2%}",
+                      **({"IoU": r["iou"]} if "iou" in r else {}),
+                      "": "<- auto" if r["chosen"] else ("" if r["accurate"] else (r["error"] or "disagrees")[:40])})
+    flags = ", ".join(k for k, v in features.items() if v) or "none of AVX2/AVX-512/bf16/VNNI"
+    title = (f"{cpu_description()}; {torch.get_num_threads()} threads; features: {flags}; matmul {peak_fp32:.0f} GFLOP/s fp32"
+             + (f", {peak_bf16:.0f} bf16" if peak_bf16 else ""))
+    print(format_table(shown, title=title))
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    for name, group in by_model.items():
+        r = group[0]
+        line = f"{Path(name).name}: {r['params'] / 1e6:.3f}M parameters, {r['gflops']:.2f} GFLOPs at {r['size'][0]}x{r['size'][1]}"
+        if "speedup_vs_first" in r:
+            line += f"; {r['speedup_vs_first']:.1f}x faster than the first model (GFLOP ratio {r['gflop_ratio_vs_first']:.1f}x)"
+        print(line)
