@@ -55,6 +55,9 @@ def test_keras_layout_details():
     drops = [i for i, e in enumerate(m.encoders) if any(isinstance(x, torch.nn.Dropout) and x.p == 0.5 for x in e)]
     assert drops == [3, 4]  # the two deepest levels
     assert m.last[0].out_channels == 4  # half the base width before the 1x1 head
+    # Keras: Conv2D(activation="relu") then BatchNormalization (epsilon 1e-3); 35 layers with weights
+    assert [type(x).__name__ for x in m.encoders[0]][:3] == ["Conv2d", "ReLU", "BatchNorm2d"]
+    assert m.input_norm.eps == 1e-3 and len(m.keras_layers()) == 7 * 4 + 7
 
 
 def test_unknown_name_and_argument():

@@ -172,6 +172,26 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_keras(args: argparse.Namespace) -> int:
+    from .deploy.keras_h5 import import_keras
+
+    result = import_keras(args.model, args.out, args.max_side)
+    pre = result.info.preprocess
+    print(f"imported: {result.path} ({result.info.arch}, base {result.info.args['base']}, depth "
+          f"{result.info.args['depth']}, {pre.channels}, {result.parameters / 1e6:.3f}M parameters)")
+    return 0
+
+
+def _max_side_value(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n != 0 and n < 16:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a max side (pixels >= 16, or 0 for the images' own size)")
+    return n
+
+
 def _prediction_folder_name(name: str | None, sources: list[str]) -> str:
     """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs);
     several files (a glob the shell expanded): their common folder's name."""
@@ -419,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_benchmark)
+    p = sub.add_parser("import-keras", help="convert a U-Net .h5 of the original Keras tool into a model file")
+    p.add_argument("model", help="Keras .h5 model file (model.save of the original tool's train.py/distill.py)")
+    p.add_argument("out", nargs="?", help="model file to write (default: beside it, MODEL.safetensors)")
+    p.add_argument("--max-side", type=_max_side_value, metavar="PX",
+                   help="longer image side the model works at (default: the Keras model's input size, "
+                        "where fixed; 0: the images' own size)")
+    p.set_defaults(fn=cmd_import_keras)
 
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)

@@ -16,6 +16,9 @@ from torch import nn
 from .blocks import Act, ConvBlock, Norm, Up, act_layer, norm_layer, pad_to_multiple
 from .registry import register_model
 
+KERAS_BN_EPS = 1e-3
+"""Keras' BatchNormalization epsilon (PyTorch's default is 1e-5)."""
+
 
 @dataclass
 class UNetSpec:
@@ -76,11 +79,16 @@ class UNet(nn.Module):
 
 
 class KerasUNet(nn.Module):
-    """The original Keras tool's U-Net layout.
+    """The original Keras tool's U-Net (its ``unet.py``), layer for layer, so that its ``.h5`` models
+    import exactly (``segdistill import-keras``, deploy/keras_h5.py).
 
-    Batch norm on the input and after each encoder convolution; dropout 0.5 at the two deepest
-    levels; each up-step is 2x nearest upsampling followed by a 2x2 convolution; the decoder ends in
-    a 3x3 convolution of half the base width before the 1x1 head.
+    Batch norm on the input and after each encoder convolution's ReLU (Keras: Conv2D(activation=
+    "relu") then BatchNormalization, epsilon 1e-3); dropout 0.5 at the two deepest levels; each
+    up-step is 2x nearest upsampling, then a 2x2 convolution with Keras' "same" padding (one row and
+    column of zeros at the bottom/right) and ReLU; the skip comes first in each concatenation; the
+    decoder's convolutions have no batch norm; a 3x3 convolution of half the base width precedes the
+    1x1 head (the Keras sigmoid is left to the caller: this returns logits). The running-statistics
+    momentum is PyTorch's (0.1), not Keras' 0.99, for segdistill's own short training runs.
     """
 
     def __init__(self, in_channels: int = 1, base: int = 64, depth: int = 4, dropout: float = 0.5) -> None:
@@ -88,12 +96,12 @@ class KerasUNet(nn.Module):
         self.depth = depth
         widths = [base * 2**i for i in range(depth + 1)]
         self.widths = widths
-        self.input_norm = nn.BatchNorm2d(in_channels)
+        self.input_norm = nn.BatchNorm2d(in_channels, eps=KERAS_BN_EPS)
 
         def enc(cin: int, cout: int, drop: float) -> nn.Sequential:
             layers: list[nn.Module] = [
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout, eps=KERAS_BN_EPS),
+                nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True), nn.BatchNorm2d(cout, eps=KERAS_BN_EPS),
             ]
             if drop > 0:
                 layers.append(nn.Dropout(drop))
@@ -129,6 +137,17 @@ class KerasUNet(nn.Module):
     def feature_channels(self) -> list[int]:
         return [self.widths[i] for i in reversed(range(self.depth))]
 
+    def keras_layers(self) -> list[nn.Conv2d | nn.BatchNorm2d]:
+        """The layers with weights in the order the Keras model creates them (and its ``.h5`` file
+        lists them): input norm, each encoder level's conv/BN pairs, then per up-step the 2x2
+        convolution and the two 3x3 ones, the half-width convolution, the head."""
+        layers: list[nn.Module] = [self.input_norm]
+        for enc in self.encoders:
+            layers += [m for m in enc if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        for up, dec in zip(self.up_convs, self.decoders):
+            layers += [m for m in (*up, *dec) if isinstance(m, nn.Conv2d)]
+        return [*layers, self.last[0], self.head]  # type: ignore[list-item]
+
     def forward(self, x: torch.Tensor, return_features: bool = False):  # type: ignore[override]
         h, w = x.shape[-2:]
         x, _, _ = pad_to_multiple(x, 2**self.depth)
@@ -140,7 +159,7 @@ class KerasUNet(nn.Module):
         y = skips.pop()
         feats = []
         for up, dec in zip(self.up_convs, self.decoders):
-            y = dec(torch.cat([up(y), skips.pop()], dim=1))
+            y = dec(torch.cat([skips.pop(), up(y)], dim=1))  # (B, 2*w_i, H/2^i, W/2^i): skip first, as in Keras
             feats.append(y)
         logits = self.head(self.last(y))[..., :h, :w]  # (B, 1, H, W)
         return (logits, feats) if return_features else logits
