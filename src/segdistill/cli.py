@@ -247,10 +247,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
             recursive=recursive, save_probs=args.probs or p.save_probs,
             save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
+            save_frames=args.frames or p.frames,
         )
     if is_main_process():
         masks = "mask" if summary.written == 1 else "masks"
-        print(f"{summary.written} {masks} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
+        written = [f"{summary.written} {masks}"] if summary.written or not summary.videos else []
+        if summary.videos:
+            written.append(f"{summary.videos} mask video{'s' * (summary.videos > 1)} ({summary.frames} frames)")
+        print(f"{' and '.join(written)} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
         if summary.failed:
             print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
     return 1 if summary.failed else 0
@@ -391,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
     p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
-    p.add_argument("input", nargs="+", help="image files, folders or globs (all go to one output folder)")
+    p.add_argument("input", nargs="+", help="image or video files, folders or globs (all go to one output folder)")
     p.add_argument("--config", "-c", help="YAML config file (its predict section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set predict.tile_overlap=0.5 (repeatable)")
@@ -402,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's own, usually 0.5)")
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
+    p.add_argument("--frames", action="store_true", help="videos: also write each frame's mask as PNG (in NAME/)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 4)")
     p.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
@@ -450,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
     p.add_argument("--teacher", help="teacher model file (or a run folder: its model.safetensors)")
-    p.add_argument("--images", help="folder of transfer images (labels not needed)")
+    p.add_argument("--images", help="folder of transfer images or videos (labels not needed)")
     p.add_argument("--data", help="optional labelled data for validation (and alpha)")
     p.add_argument("--student", help="student model name")
     p.add_argument("--targets", choices=["cached", "online"],

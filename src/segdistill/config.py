@@ -207,6 +207,9 @@ class DistillConfig:
     the teacher label the blend (function matching); 0 = off, 0.2-1.0 typical."""
     lr: float | None = 0.01
     """Student learning rate; small students want a higher one than teachers (None: train.lr)."""
+    video_stride: int = 10
+    """Videos among the transfer images: every this many-th frame is a transfer image (neighbouring
+    frames are near copies); decoded once into PNG files beside the target cache."""
 
 
 @dataclass
@@ -244,6 +247,8 @@ class PredictConfig:
     """Predict large images in overlapping tiles of this size (None: whole image at once)."""
     tile_overlap: float = 0.25
     """Overlap of neighbouring tiles (fraction of a tile)."""
+    frames: bool = False
+    """Videos: also write each frame's mask (probability, overlay) as PNG, besides the mask video."""
 
 
 @dataclass
@@ -509,6 +514,7 @@ def validate(cfg: Config) -> None:
         (cfg.distill.temperature > 0, "distill.temperature must be positive"),
         (cfg.distill.cwd_temperature > 0, "distill.cwd_temperature must be positive"),
         (cfg.distill.mixup >= 0, "distill.mixup must not be negative (0 = off)"),
+        (cfg.distill.video_stride >= 1, "distill.video_stride must be at least 1 (1 = every frame)"),
         (t.val_every >= 1, "train.val_every must be at least 1"),
         (t.warmup_epochs >= 0, "train.warmup_epochs must not be negative"),
         (t.ema is None or 0 < t.ema < 1, "train.ema must lie between 0 and 1 (e.g. 0.99), or be null"),

@@ -4,6 +4,7 @@ distillation's transfer images with the teacher's targets (``DistillData``)."""
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 from dataclasses import dataclass, field
@@ -14,18 +15,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import ModelInfo
+from ..checkpoint import ModelInfo, file_sha256
 from ..config import Config
 from ..data.check import crop_warning, image_sizes
 from ..data.dataset import Item, SegDataset
 from ..data.discovery import Split, collect_images, discover
 from ..data.imageio import read_mask
 from ..data.preprocess import Preprocess, compute_stats, infer_channels
+from ..data.video import extract_frames, split_videos
 from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError
+from ..inference.sources import safe_relative_name
 from ..runtime import resolve_workers
 from .semi import MixedDataset, pseudo_paths, unlabelled_images
-from .targets import build_target_cache
+from .targets import build_target_cache, default_cache_dir
 
 log = logging.getLogger("segdistill")
 
@@ -152,6 +155,7 @@ def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teache
     targets, stats = build_target_cache(teacher, tinfo, teacher_path, need, Path(d.cache_dir) if d.cache_dir else None,
                                         cfg.device)
     pre = copy.deepcopy(tinfo.preprocess)  # the student sees exactly what the teacher saw
+    _warn_cache(cfg, transfer, pre)
     items = [Item(p, label_of.get(p.resolve()) if d.alpha > 0 else None, targets[p] if d.targets == "cached" else None)
              for p in transfer]
     train_set = SegDataset(items, pre, train=True, input_size=cfg.train.input_size, augment=cfg.augment,
@@ -166,7 +170,7 @@ def build_distill_data(cfg: Config, teacher: nn.Module, tinfo: ModelInfo, teache
 def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | None]], dict[Path, Path]]:
     """(transfer images, validation (image, mask or None) pairs, label of each labelled image)."""
     d = cfg.distill
-    transfer = collect_images(d.images or [], cfg.data.recursive)
+    transfer = transfer_images(cfg)
     label_of: dict[Path, Path] = {}
     if cfg.data.root is not None or cfg.data.train_images is not None:
         split = discover(cfg.data, cfg.seed)
@@ -190,3 +194,41 @@ def _split_transfer(cfg: Config) -> tuple[list[Path], list[tuple[Path, Path | No
         if missing:
             raise ConfigError(f"distill.alpha > 0 needs a label for every transfer image; {missing[0]} has none")
     return transfer, val_items, label_of
+
+
+def transfer_images(cfg: Config) -> list[Path]:
+    """The images of ``distill.images``, and every ``distill.video_stride``-th frame of the videos
+    named there or found in its folders. Frames are decoded once into PNG files in
+    ``CACHE/frames/<video stem>-<SHA-256 of the video>-stride<N>/frame_NNNNNN.png`` (CACHE: the
+    target cache's folder), so that from then on they are images like any other: the dataset reads
+    them from disk, the target cache keys them by content, and a second run decodes nothing."""
+    d = cfg.distill
+    sources, videos = split_videos(d.images or [], cfg.data.recursive)
+    images = collect_images(sources, cfg.data.recursive) if sources else []
+    root = Path(d.cache_dir) / "frames" if d.cache_dir else default_cache_dir().parent / "frames"
+    for video in videos:
+        stat = video.stat()
+        folder = f"{safe_relative_name(video, None).name}-{_content_key(video.resolve(), stat.st_size, stat.st_mtime_ns)}"
+        images += extract_frames(video, root / f"{folder}-stride{d.video_stride}", d.video_stride,
+                                 progress=is_main_process())
+    return images
+
+
+@functools.lru_cache(maxsize=64)
+def _content_key(path: Path, size: int, mtime_ns: int) -> str:
+    """A video's content hash, read once per process (a new run asks twice: to plan, and for the data)."""
+    return file_sha256(path)[:16]
+
+
+def _warn_cache(cfg: Config, transfer: list[Path], pre: Preprocess) -> None:
+    """Say so when ``data.cache`` would keep more decoded transfer images in memory than is wise
+    (thousands of video frames): each data-loading worker holds its own copy."""
+    if not cfg.data.cache or not transfer:
+        return
+    pixels = [w * h * min(1.0, (pre.max_side / max(w, h)) ** 2 if pre.max_side else 1.0)
+              for w, h in image_sizes(transfer, limit=20)]
+    gib = float(np.mean(pixels)) * len(transfer) * pre.in_channels * 4 / 2**30 if pixels else 0.0
+    if gib > 4 and is_main_process():
+        log.warning("the %d transfer images take %.0f GiB decoded, kept in memory by each data-loading worker "
+                    "(data.cache: true): set data.cache: false to read them from disk as needed (video frames: "
+                    "or a larger distill.video_stride)", len(transfer), gib)

@@ -25,13 +25,12 @@ from torch.utils.data import DataLoader
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
 from ..config import Config, as_config, validate_distill
-from ..data.discovery import collect_images
 from ..distributed import is_distributed, process_group, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..models import create_model, resolved_args
 from ..runtime import autocast, select_device, set_threads, use_channels_last
-from .data import DistillData, build_distill_data
+from .data import DistillData, build_distill_data, transfer_images
 from .distill_report import distill_report
 from .evaluate import evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
@@ -193,7 +192,7 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
         return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
     if resume is None:  # a resumed run goes on with the plan in its config.yaml
-        cfg, plan = plan_student(cfg, len(collect_images(cfg.distill.images or [], cfg.data.recursive)))
+        cfg, plan = plan_student(cfg, len(transfer_images(cfg)))  # videos: decodes their frames, once
     else:
         plan = read_plan(run_dir)
     cfg = student_config(cfg)

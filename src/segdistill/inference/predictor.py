@@ -18,9 +18,10 @@ from PIL import Image
 from torch.nn import functional as F
 
 from ..data.imageio import read_image, resize_for_model
+from ..data.video import is_video_file
 from ..distributed import gather_objects, is_main_process, rank, shard
 from ..errors import SegdistillError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, is_temporary
 from .backends import open_backend
 from .sources import collect_inputs, inside, output_names
 from .tiling import predict_tiled
@@ -167,6 +168,11 @@ class PredictSummary:
     written: int
     failed: list[str]
     foreground_fraction: float
+    """Mean over the masks of images and of video frames."""
+    videos: int = 0
+    """Mask videos written (inference/video.py)."""
+    frames: int = 0
+    """Frames of those videos."""
 
 
 OUTPUT_PARTS = ("probs", "overlays")
@@ -188,7 +194,7 @@ def prediction_dir(root: str | Path, name: str, overwrite: bool = False, inputs:
         return base.parent / f"{base.name}-{k}"
     entries = list(base.rglob("*"))
     files = [f for f in entries if f.is_file() and not f.is_symlink()]
-    other = next((f for f in entries if f.is_symlink() or (f.is_file() and f.suffix.lower() != ".png")), None)
+    other = next((f for f in entries if f.is_symlink() or (f.is_file() and not _predict_output(f))), None)
     if other is not None:
         raise SegdistillError(f"{base}: holds {other.name}, which predict does not write; "
                               "--overwrite clears only prediction folders (choose another --name or --out)")
@@ -202,6 +208,13 @@ def prediction_dir(root: str | Path, name: str, overwrite: bool = False, inputs:
     return base
 
 
+def _predict_output(path: Path) -> bool:
+    """A file predict writes: a PNG, a mask/probability/overlay video, or a temporary copy of one."""
+    from .video import VIDEO_OUTPUTS
+
+    return path.suffix.lower() == ".png" or path.name.endswith(VIDEO_OUTPUTS) or is_temporary(path)
+
+
 def predict_to_folder(
     predictor: Predictor,
     source: str | Path | list[str] | list[Path],
@@ -211,21 +224,35 @@ def predict_to_folder(
     save_probs: bool = False,
     save_overlay: bool = False,
     workers: int = 2,
+    save_frames: bool = False,
 ) -> PredictSummary:
     """Predict every image of ``source`` (a file, folder or glob, or a list of them) into ``out_dir``:
     ``NAME.png`` masks (0/255, input size), ``probs/NAME.png`` (8-bit probabilities) and
     ``overlays/NAME.png`` on request. ``prediction_dir`` picks an ``out_dir`` that mixes no runs.
+    Videos get mask videos (and per-frame PNGs with ``save_frames``): ``inference/video.py``.
 
     Under torchrun each rank predicts every N-th file into the same ``out_dir`` (the names come
     from all files, so they are those one process writes), and every rank returns the totals of
     all ranks. A rank that fails stops all of them with its message."""
     files, root = collect_inputs(source, recursive)
     by_path = dict(zip(files, output_names(files, root)))
+    images = [f for f in files if not is_video_file(f)]
+    videos = [f for f in files if is_video_file(f)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        counts = _write_predictions(predictor, [files[i] for i in shard(len(files))], by_path, out_dir, batch_size,
-                                    save_probs, save_overlay, workers)
+        written, fg, failed, n_videos, frames = 0, 0.0, [], 0, 0
+        if images:
+            written, fg, failed = _write_predictions(predictor, [images[i] for i in shard(len(images))], by_path,
+                                                     out_dir, batch_size, save_probs, save_overlay, workers)
+        if videos:
+            from .video import predict_videos
+
+            n_videos, frames, video_fg, video_failed = predict_videos(
+                predictor, [videos[i] for i in shard(len(videos))], by_path, out_dir, batch_size, save_probs,
+                save_overlay, save_frames)
+            fg, failed = fg + video_fg, failed + video_failed
+        counts = (written, fg, failed, n_videos, frames)
     except BaseException as e:
         gather_objects(f"rank {rank()}: {e}")  # releases the other ranks, with this rank's message
         raise
@@ -233,10 +260,9 @@ def predict_to_folder(
     error = next((p for p in parts if isinstance(p, str)), None)
     if error is not None:
         raise SegdistillError(f"prediction failed on {error}")
-    written = sum(p[0] for p in parts)
-    fg = sum(p[1] for p in parts)
+    written, fg, n_videos, frames = (sum(p[k] for p in parts) for k in (0, 1, 3, 4))
     failed = [f for p in parts for f in p[2]]
-    return PredictSummary(out_dir, written, failed, fg / max(written, 1))
+    return PredictSummary(out_dir, written, failed, fg / max(written + frames, 1), n_videos, frames)
 
 
 def _write_predictions(

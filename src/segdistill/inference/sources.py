@@ -6,16 +6,19 @@ import re
 from pathlib import Path
 
 from ..data.discovery import list_images, no_images_message, resolve_image_dir
+from ..data.video import split_videos
 from ..errors import DataError
 
 
 def collect_inputs(source: str | Path | list[str] | list[Path], recursive: bool = False) -> tuple[list[Path], Path | None]:
-    """Image files from a file, folder or glob, or a list of them (the files a shell expanded a glob
-    to); returns (files, the folder names are relative to: a single folder source's, else None)."""
+    """Image and video files from a file, folder or glob, or a list of them (the files a shell
+    expanded a glob to); returns (files, the folder names are relative to: a single folder source's,
+    else None)."""
     sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    image_sources, videos = split_videos(sources, recursive)
     files: list[Path] = []
     seen: set[Path] = set()
-    for src in sources:
+    for src in image_sources:
         found, _ = list_images(src, recursive)
         if not found:
             folder = Path(src)
@@ -24,6 +27,7 @@ def collect_inputs(source: str | Path | list[str] | list[Path], recursive: bool 
             if f.resolve() not in seen:  # a file named twice is predicted once
                 seen.add(f.resolve())
                 files.append(f)
+    files += [v for v in videos if v.resolve() not in seen]
     root = None
     if len(sources) == 1 and Path(sources[0]).is_dir():
         root = resolve_image_dir(Path(sources[0]))
