@@ -224,13 +224,13 @@ def _model_file(path: str) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .distributed import decided_by_main_process, is_main_process, process_group
+    from .inference.choose import MEASURE_IMAGES
     from .inference.predictor import Predictor, predict_to_folder, prediction_dir
     from .inference.sources import collect_inputs
     from .runtime import set_threads
 
     cfg = load_config(args.config, list(args.overrides))
     set_threads(args.threads or cfg.threads)
-    from .inference.choose import MEASURE_IMAGES
 
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
