@@ -408,3 +408,24 @@ def test_extraction_refuses_escaping_paths_and_skips_links(tmp_path):
     garbage.write_bytes(b"<html>please log in</html>")
     with pytest.raises(DataError, match="not a zip or tar archive"):
         extract(garbage, tmp_path / "out4")
+
+
+def test_ctrl_c_keeps_the_part_and_says_how_to_resume(server, tmp_path, monkeypatch, capsys):
+    import segdistill.data.standard as standard
+
+    archive, _ = kvasir_archive()
+    server.serve("kvasir-seg", {"kvasir-seg.zip": archive})
+    monkeypatch.setitem(DATASETS, "kvasir-seg", entry("kvasir-seg", {"kvasir-seg.zip": archive}))
+    dest = tmp_path / "kvasir"
+
+    def interrupted_fetch(url: str, target: Path, *args: object, **kwargs: object) -> str:
+        Path(f"{target}.part").write_bytes(archive[:100])  # what a Ctrl-C mid-transfer leaves
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(standard, "fetch", interrupted_fetch)
+        assert main(["-q", "data", "download", "kvasir-seg", str(dest), "--mirror", server.url]) == 130
+    assert "interrupted; run the same command again to resume the download" in capsys.readouterr().err
+    assert _visible(dest) == [] and (dest / DOWNLOADS / "kvasir-seg.zip.part").stat().st_size == 100
+    assert main(["-q", "data", "download", "kvasir-seg", str(dest), "--mirror", server.url]) == 0
+    assert server.requests[-1][1] == "bytes=100-"
