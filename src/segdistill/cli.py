@@ -22,6 +22,7 @@ DESCRIPTION = """Binary segmentation with a U-Net: train a model on images and m
 new images, and distil it into a small, fast student.
 
 First steps:
+  segdistill data download kvasir-seg                     a standard data set ('data list' shows them)
   segdistill data check DATA_DIR                          is the data usable? (images/ + masks/)
   segdistill train --data DATA_DIR                        train; prints the run folder
   segdistill evaluate runs/NAME --data DATA_DIR           scores on the images training held out
@@ -314,6 +315,29 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.standard import list_datasets
+    from .report import format_table
+
+    rows = [{"name": d.name, "download": d.download_size, "licence": d.licence, "source": d.homepage, "about": d.title}
+            for d in list_datasets()]
+    print(format_table(rows))
+    print("\n'segdistill data download NAME [DIR]' downloads one and converts it to images + 0/255 masks (docs/data.md)")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.standard import download_dataset
+
+    result = download_dataset(args.name, args.dir, mirror=args.mirror, progress=not getattr(args, "quiet", False))
+    if result.conversion is None:
+        print(f"{result.path} already holds {result.dataset.name} (see its README.txt); nothing downloaded")
+    else:
+        print(f"{result.dataset.name}: {result.conversion.describe()} written to {result.path} "
+              f"(licence: {result.dataset.licence}; mask semantics and sources in {result.path / 'README.txt'})")
+    return 0
+
+
 def cmd_config_init(args: argparse.Namespace) -> int:
     from .fileio import write_text
 
@@ -487,6 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="foreground = mask zeros")
     p.add_argument("--max-lines", type=int, default=20, help="warnings and errors shown of each (default 20)")
     p.set_defaults(fn=cmd_data_check)
+    p = data.add_parser("list", help="standard data sets that 'data download' fetches")
+    p.set_defaults(fn=cmd_data_list)
+    p = data.add_parser("download", help="download a standard data set and convert it to images + masks")
+    p.add_argument("name", help="data set name ('segdistill data list' shows them)")
+    p.add_argument("dir", nargs="?", help="folder to write (default: ./NAME); an interrupted download resumes here")
+    p.add_argument("--mirror", metavar="URL",
+                   help="base URL (or file:// folder) holding URL/NAME/FILE instead of the official sources "
+                        "(default $SEGDISTILL_DATA_MIRROR)")
+    p.set_defaults(fn=cmd_data_download)
 
     cfg = _Subcommands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True))
     p = cfg.add_parser("init", help="write a commented default config")
@@ -565,8 +598,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         resumable = args.fn in (cmd_train, cmd_distill)
-        print("interrupted" + ("; completed epochs are saved (resume with --resume RUN_DIR)" if resumable else ""),
-              file=sys.stderr)
+        more = "; completed epochs are saved (resume with --resume RUN_DIR)" if resumable else ""
+        if args.fn is cmd_data_download:
+            more = "; run the same command again to resume the download"
+        print("interrupted" + more, file=sys.stderr)
         return 130
 
 
