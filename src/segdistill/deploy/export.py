@@ -75,7 +75,7 @@ class _quiet_exporter:
     """The exporter's loggers at ERROR for the block."""
 
     def __enter__(self) -> None:
-        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir", "torch._dynamo")]
         self.levels = [lg.level for lg in self.loggers]
         for lg in self.loggers:
             lg.setLevel(logging.ERROR)
