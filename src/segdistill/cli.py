@@ -139,7 +139,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else cfg.predict.threshold
     evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=threshold, device=args.device or cfg.device,
                    invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all, backend=args.backend,
-                   precision=args.precision)
+                   precision=args.precision, store_threshold=args.store_threshold)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_run_report
+    from .runtime import set_threads
+
+    set_threads(args.threads or "auto")
+    print(f"report: {write_run_report(args.run_dir, device=args.device or 'auto')}")
     return 0
 
 
@@ -413,9 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta)")
+    p.add_argument("--store-threshold", action="store_true",
+                   help="store the threshold with the best IoU on these images in the model file (old -> new)")
     _add_backend_arg(p)
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("report", help="(re)write a run folder's report.html")
+    p.add_argument("run_dir", help="run folder (what train and distill print)")
+    p.add_argument("--device", help="where the best and worst images are predicted again (default auto)")
+    _add_threads_arg(p)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
     p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")

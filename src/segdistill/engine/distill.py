@@ -28,11 +28,12 @@ from ..config import Config, as_config, validate_distill
 from ..distributed import is_distributed, process_group, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
+from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
 from ..runtime import autocast, select_device, set_threads, use_channels_last
 from .data import DistillData, build_distill_data, transfer_images
 from .distill_report import distill_report
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .planning import log_plan, plan_student
 from .run import (
@@ -237,7 +238,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
         passes += n
         final = opt.ema.module if opt.ema is not None else student  # what is validated and saved
         t_val = time.perf_counter()
-        m = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else {}
+        m, result = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else ({}, None)
         row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
                "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}"),
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -250,7 +251,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
                    "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement",
                    **({"plan": plan} if plan is not None else {})}
         if rec.main:
-            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
+            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock, result)
         if rec.should_stop(cfg.train.early_stopping):
             break
         epoch += 1
@@ -265,6 +266,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
         return DistillResult(run_dir, rec.history, {})
     report = distill_report(cfg, run_dir, teacher, tinfo, rec, teacher_metrics, data.val_key, passes, data.cache_folder,
                             minutes, twin)
+    rec.finish(str(cp), time.perf_counter() - t_run)
     return DistillResult(run_dir, rec.history, report)
 
 
@@ -340,15 +342,17 @@ def _wrap(step: StudentLoss, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> dict[str, float]:
+def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> tuple[dict[str, float], EvalResult]:
     """Validation metrics against labels or the teacher (``val_key``), plus ``agreement``: the IoU
-    of the student's masks with the teacher's."""
+    of the student's masks with the teacher's; and the evaluation against ``val_key`` itself (its
+    per-image rows and threshold sweep)."""
     assert data.val_loader is not None
     sync_buffers(model)  # every rank scores the model rank 0 saves
-    m = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key).metrics
+    result = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key, thresholds=SWEEP_THRESHOLDS)
+    m = result.metrics
     agree = m if data.val_key == "soft" else evaluate(model, data.val_loader, cp.device, threshold, target_key="soft").metrics
     return {**{k: round(v, 6) for k, v in m.items() if k in ("iou", "dice")}, "agreement": round(agree["iou"], 6),
-            **{k: v for k, v in m.items() if k not in ("iou", "dice")}}
+            **{k: v for k, v in m.items() if k not in ("iou", "dice")}}, result
 
 
 def _log_start(cfg: Config, run_dir: Path, data: DistillData, teacher: nn.Module, student: nn.Module, kd: KDLoss,
