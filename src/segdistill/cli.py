@@ -193,7 +193,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     p = cfg.predict
     threshold = args.threshold if args.threshold is not None else p.threshold
     predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
-                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend)
+                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend,
+                          tile_batch=args.batch_size or p.batch_size)
     recursive = args.recursive or p.recursive
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
     with process_group(predictor.device):  # under torchrun: each rank predicts its share
@@ -359,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="probability threshold (default: the model's own, usually 0.5)")
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, help="images (with --tile: tiles) per forward pass (default 4)")
     p.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
