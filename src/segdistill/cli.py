@@ -248,7 +248,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
     predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend,
-                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None)
+                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None,
+                          tile_batch=args.batch_size or p.batch_size)
     with process_group(predictor.device):  # under torchrun: each rank predicts its share
         # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
         out = decided_by_main_process(lambda: prediction_dir(
@@ -448,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
     p.add_argument("--frames", action="store_true", help="videos: also write each frame's mask as PNG (in NAME/)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, help="images (with --tile: tiles) per forward pass (default 4)")
     p.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,

@@ -70,15 +70,21 @@ class KDLoss(nn.Module):
             + alpha * task loss on labels
     """
 
-    def __init__(self, cfg: Config, pos_weight: float | None, student_ch: list[int], teacher_ch: list[int]) -> None:
+    def __init__(self, cfg: Config, pos_weight: float | None, student_ch: list[int], teacher_ch: list[int],
+                 student_strides: list[int] | None = None, teacher_strides: list[int] | None = None) -> None:
         super().__init__()
         d = cfg.distill
         self.kind, self.t, self.cwd_t, self.cwd_weight = d.loss, d.temperature, d.cwd_temperature, d.cwd_weight
         self.alpha, self.feature_weight, self.pos_weight = d.alpha, d.feature_weight, pos_weight
         self.task = make_task_loss(cfg.train.loss)
-        # Match the shallowest levels when the decoders differ in depth; 1x1 convs map widths.
-        k = min(len(student_ch), len(teacher_ch)) if d.feature_weight > 0 else 0
-        self.adapters = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(student_ch[-k:] if k else [], teacher_ch[-k:] if k else []))
+        # Pair decoder levels of the same stride (a space-to-depth student has none at full
+        # resolution); without strides, the shallowest levels. 1x1 convs map widths.
+        k = min(len(student_ch), len(teacher_ch))
+        self.pairs: list[tuple[int, int]] = [] if d.feature_weight <= 0 else (
+            [(i, j) for i, s in enumerate(student_strides) for j, t in enumerate(teacher_strides) if s == t]
+            if student_strides is not None and teacher_strides is not None
+            else [(len(student_ch) - k + n, len(teacher_ch) - k + n) for n in range(k)])
+        self.adapters = nn.ModuleList(nn.Conv2d(student_ch[i], teacher_ch[j], 1) for i, j in self.pairs)
 
     def forward(
         self,
@@ -96,9 +102,8 @@ class KDLoss(nn.Module):
         if "cwd" in self.kind:
             kd = kd + self.cwd_weight * cwd_loss(s_logits, t_logits, self.cwd_t)
         if self.adapters and s_feats is not None and t_feats is not None:
-            k = len(self.adapters)
-            adapted = [a(f.float()) for a, f in zip(self.adapters, s_feats[-k:])]
-            kd = kd + self.feature_weight * feature_loss(adapted, [f.float() for f in t_feats[-k:]])
+            adapted = [a(s_feats[i].float()) for a, (i, _) in zip(self.adapters, self.pairs)]
+            kd = kd + self.feature_weight * feature_loss(adapted, [t_feats[j].float() for _, j in self.pairs])
         if self.alpha > 0 and labels is not None:
             return (1 - self.alpha) * kd + self.alpha * self.task(s_logits, labels)
         return kd
@@ -323,7 +328,13 @@ def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Mod
         pos_weight = float(min(max(math.sqrt((1 - f) / max(f, 1e-6)), 1.0), 5.0))
     if d.feature_weight > 0 and not (hasattr(student, "feature_channels") and hasattr(teacher, "feature_channels")):
         raise ConfigError("feature distillation needs U-Net teacher and student (models with feature_channels)")
-    return KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", []))
+    kd = KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", []),
+                getattr(student, "feature_strides", None), getattr(teacher, "feature_strides", None))
+    if d.feature_weight > 0 and not kd.pairs:
+        raise ConfigError("distill.feature_weight: the student and teacher have no decoder level of the same "
+                          f"resolution (strides {getattr(student, 'feature_strides', '?')} and "
+                          f"{getattr(teacher, 'feature_strides', '?')}); set it to 0")
+    return kd
 
 
 def _distill_epoch(student: nn.Module, teacher: nn.Module | None, kd: KDLoss, opt: Optimization, data: DistillData,
