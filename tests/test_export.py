@@ -65,12 +65,13 @@ def test_a_failed_check_leaves_no_file(tiny_model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_backend_errors_are_one_line(tiny_model, exported, tmp_path, capsys):
-    assert main(["predict", str(exported), str(tmp_path), "--backend", "torch"]) == 2
+def test_backend_errors_are_one_line(tiny_model, exported, synth_dir, tmp_path, capsys):
+    images = str(synth_dir / "images")
+    assert main(["predict", str(exported), images, "--out", str(tmp_path), "--backend", "torch"]) == 2
     assert "runs on onnxruntime" in capsys.readouterr().err
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"not an onnx file")
-    assert main(["predict", str(fake), str(tmp_path)]) == 2
+    assert main(["predict", str(fake), images, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "fake.onnx" in err and len(err.splitlines()) == 1
     assert isinstance(open_backend(tiny_model, "torch", "cpu")[0], TorchBackend)
