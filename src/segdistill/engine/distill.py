@@ -191,7 +191,8 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
 def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
             started: float | None = None) -> DistillResult:
     """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
-    see the module docstring. ``started``: as in ``fit``."""
+    see the module docstring. ``started``: as in ``fit``. With ``distill.search`` the student is
+    searched for first, and the winner distilled (engine/search.py)."""
     started = time.monotonic() if started is None else started
     cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
     done = complete_message(cfg, run_dir, state)
