@@ -36,10 +36,10 @@ SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(name: str, minutes: float, out: Path) -> dict[str, Any]:
+def run(name: str, minutes: float, out: Path, threads: str = "auto") -> dict[str, Any]:
     spec = SETS[name]
     cmd = [sys.executable, "-m", "segdistill", "train", "--data", str(spec["data"]), "--time", f"{minutes:g}",
-           "--output-dir", str(out), "--name", name, "--overwrite", *spec["task"]]
+           "--output-dir", str(out), "--name", name, "--overwrite", "--threads", threads, *spec["task"]]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=common.ROOT)
@@ -63,11 +63,13 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     ap.add_argument("--out", type=Path, default=common.ROOT / "runs" / "plan_budget")
     ap.add_argument("--tag", default="plan_budget", help="results/TAG.json")
+    ap.add_argument("--threads", default="auto", help="--threads of segdistill train (auto: the free cores at its start; "
+                                                      "a fixed count where helpers' idle-class work shares the machine)")
     args = ap.parse_args()
     missing = [n for n in args.sets if not SETS[n]["data"].is_dir()]
     if missing:
         sys.exit(f"data not found for {', '.join(missing)} (expected under {DATA})")
-    rows = [run(name, args.time, args.out) for name in args.sets]
+    rows = [run(name, args.time, args.out, args.threads) for name in args.sets]
     table = [{"set": r["set"], "max_side": r["planned"].get("data.max_side"), "crop": r["planned"].get("train.input_size"),
               "vflip": r["planned"].get("augment.vflip"), "base/depth": f"{r['planned'].get('model.args.base')}/"
               f"{r['planned'].get('model.args.depth')}", "epochs": r["epochs"], "val IoU": r["val_iou"],

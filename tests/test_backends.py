@@ -92,7 +92,8 @@ def test_int8_export_is_calibrated_checked_and_runs(tiny_model, synth_dir, tmp_p
     assert json.loads(report.with_suffix(".json").read_text(encoding="utf-8"))["backend"] == "onnxruntime int8"
 
 
-def test_auto_measures_once_then_uses_the_cached_choice(tiny_model, synth_dir, monkeypatch):
+def test_auto_measures_once_then_uses_the_cached_choice(tiny_model, synth_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))  # the choice must not leak into other tests
     image = sorted((synth_dir / "images").iterdir())[0]
     backend, _ = open_backend(tiny_model, "auto", measure_on=image)
     cached = choose_mod.cached_choice(tiny_model, choose_mod.working_size(image, read_model_info(tiny_model)))
@@ -105,11 +106,12 @@ def test_auto_measures_once_then_uses_the_cached_choice(tiny_model, synth_dir, m
     again, _ = open_backend(tiny_model, "auto", measure_on=image)
     assert again.name == backend.name and again.precision == backend.precision
     # Without a job big enough to measure and nothing cached at that size, auto is the plain default.
-    monkeypatch.setenv("SEGDISTILL_CACHE", str(synth_dir.parent / "empty-cache"))
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "empty-cache"))
     assert open_backend(tiny_model, "auto")[0].name == "torch"
 
 
-def test_benchmark_writes_a_table_and_json_with_the_auto_choice_marked(tiny_model, tmp_path, capsys):
+def test_benchmark_writes_a_table_and_json_with_the_auto_choice_marked(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))  # benchmark caches what auto picks
     out = tmp_path / "bench.json"
     args = ["benchmark", str(tiny_model), str(tiny_model), "--size", "64", "--runs", "3", "--batch-sizes", "1", "2",
             "--json", str(out)]
@@ -126,3 +128,4 @@ def test_benchmark_writes_a_table_and_json_with_the_auto_choice_marked(tiny_mode
     assert sum(e["chosen"] for e in first) == 1
     assert all(e["p50_ms"] <= e["p95_ms"] for e in entries if e["p50_ms"] is not None)
     assert "speedup_vs_first" in entries[-1] and entries[-1]["gflop_ratio_vs_first"] == pytest.approx(1.0)
+    assert (tmp_path / "cache" / "backends.json").is_file()  # predict and evaluate's auto will use the pick

@@ -137,3 +137,42 @@ def test_overwrite_removes_the_previous_run(tiny_model, synth_dir, tmp_path):
     assert not (tmp_path / "o" / "state.safetensors").exists(), old_state
     assert not (tmp_path / "o" / "model.safetensors").exists()
     assert (tmp_path / "o" / "notes.txt").read_text() == "mine"  # only the run's own files go
+
+
+def test_cpu_shaped_student_with_feature_distillation(tiny_model, synth_dir, tmp_path):
+    """A space-to-depth, depthwise-separable student from the config alone; the plan's depth counts
+    the stem as one halving; feature distillation pairs the levels of the same resolution."""
+    args = ["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--output-dir",
+            str(tmp_path), "--name", "cpu", "--epochs", "2", "--batch-size", "4", "--input-size", "32",
+            "--set", "train.samples_per_epoch=8", "--set", "distill.student.args.base=4",
+            "--set", "distill.student.args.stem=unshuffle", "--set", "distill.student.args.block=dwsep",
+            "--targets", "online", "--set", "distill.feature_weight=1.0"]
+    assert main(args) == 0
+    info = read_model_info(tmp_path / "cpu" / "model.safetensors")
+    assert info.args["stem"] == "unshuffle" and info.args["block"] == "dwsep"
+    plan = json.loads((tmp_path / "cpu" / "plan.json").read_text())
+    assert info.args["depth"] == plan["applied"]["distill.student.args.depth"] == max(1, plan["plan"]["depth"] - 1)
+    assert "space-to-depth" in plan["reasons"]["distill.student.args.depth"]
+
+
+def test_feature_pairs_match_resolutions():
+    """Student and teacher decoder levels pair by stride: a plain student's shallowest levels as
+    before; a space-to-depth student's with the teacher's levels of the same resolution."""
+    from segdistill.config import Config
+    from segdistill.engine.distill import KDLoss
+    from segdistill.models import create_model
+
+    cfg = Config()
+    cfg.distill.feature_weight = 1.0
+    teacher = create_model("unet", base=8, depth=4)  # strides 8, 4, 2, 1
+    for student, pairs in ((create_model("unet", base=4, depth=3), [(0, 1), (1, 2), (2, 3)]),
+                           (create_model("unet", base=4, depth=3, stem="unshuffle"), [(0, 0), (1, 1), (2, 2)])):
+        kd = KDLoss(cfg, None, student.feature_channels, teacher.feature_channels, student.feature_strides,
+                    teacher.feature_strides)
+        assert kd.pairs == pairs
+        x = torch.randn(2, 1, 32, 32)
+        s_logits, s_feats = student(x, return_features=True)
+        t_logits, t_feats = teacher(x, return_features=True)
+        assert torch.isfinite(kd(s_logits, t_logits.detach(), s_feats, t_feats))
+    # without strides (models that do not say), the shallowest levels, as before
+    assert KDLoss(cfg, None, [16, 8, 4], [64, 32, 16, 8]).pairs == [(0, 1), (1, 2), (2, 3)]

@@ -65,14 +65,47 @@ def test_a_failed_check_leaves_no_file(tiny_model, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_backend_errors_are_one_line(tiny_model, exported, tmp_path, capsys):
-    assert main(["predict", str(exported), str(tmp_path), "--backend", "torch"]) == 2
+def test_backend_errors_are_one_line(tiny_model, exported, synth_dir, tmp_path, capsys):
+    images = str(synth_dir / "images")
+    assert main(["predict", str(exported), images, "--out", str(tmp_path), "--backend", "torch"]) == 2
     assert "runs on onnxruntime" in capsys.readouterr().err
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"not an onnx file")
-    assert main(["predict", str(fake), str(tmp_path)]) == 2
+    assert main(["predict", str(fake), images, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "fake.onnx" in err and len(err.splitlines()) == 1
     assert isinstance(open_backend(tiny_model, "torch", "cpu")[0], TorchBackend)
     with pytest.raises(SegdistillError, match="unknown backend"):
         open_backend(tiny_model, "tensorrt")
+
+
+@pytest.mark.parametrize("shape", [{"stem": "unshuffle"}, {"block": "dwsep"}])
+def test_cpu_shaped_students_export_and_match_eager(tmp_path, shape):
+    """The space-to-depth stem (padding multiple 2**(depth+1)) and depthwise-separable blocks
+    export, and ONNX Runtime gives eager PyTorch's probabilities at any size."""
+    import onnx
+
+    from segdistill.checkpoint import ModelInfo, save_model
+    from segdistill.data.preprocess import Preprocess
+    from segdistill.models import create_model, resolved_args
+
+    torch.manual_seed(0)
+    args = resolved_args("unet", base=4, depth=2, **shape)
+    model = create_model("unet", **args)
+    for m in model.modules():  # statistics far from the identity, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = save_model(tmp_path / "m.safetensors", model.eval(), ModelInfo("unet", args, Preprocess()))
+    result = export_onnx(path)
+    assert result.max_abs_diff < 1e-4 and result.checked_on.startswith("noise")
+    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    assert ("DepthToSpace" in ops) == ("stem" in shape)  # the head's PixelShuffle
+    backend, _ = open_backend(result.path)
+    assert backend.multiple == (8 if "stem" in shape else 4)  # 2**depth, times 2 for the stem
+    for size in ((1, 1, 64, 64), (2, 1, 97, 131), (1, 1, 5, 7)):
+        x = torch.randn(*size, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            ref = torch.sigmoid(model(x))
+        got = torch.sigmoid(backend(x))
+        assert got.shape == ref.shape and float((got - ref).abs().max()) < 1e-4

@@ -1,10 +1,15 @@
+from pathlib import Path
+
 import pytest
 import torch
 
+from segdistill.benchmark import count_gflops
 from segdistill.checkpoint import ModelInfo, load_model, save_model
 from segdistill.data.preprocess import Preprocess
 from segdistill.errors import ConfigError
+from segdistill.inference.backends import pad_multiple
 from segdistill.models import create_model, list_models, resolved_args
+from segdistill.models.unet import input_multiple
 
 SMALL = {"base": 4, "depth": 3}
 
@@ -87,3 +92,85 @@ def test_dead_units_pass_gradient_only_with_leaky_relu(act):
     assert (first.abs().sum() > 0) == (act == "leaky_relu")
     with pytest.raises(ConfigError, match="unknown activation"):
         create_model("unet", act="gelu")
+
+
+# --------------------------------------------------------------------------------------------------
+# CPU-shaped students: the space-to-depth stem and depthwise-separable blocks (docs/deployment.md)
+
+CPU_SHAPES = [{"stem": "unshuffle"}, {"block": "dwsep"}, {"stem": "unshuffle", "block": "dwsep", "up": "bilinear"}]
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES)
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (37, 53), (64, 64)])
+def test_cpu_shaped_unet_any_size_and_features(shape, size):
+    m = create_model("unet", in_channels=3, base=4, depth=3, **shape)
+    x = torch.randn(2, 3, *size)
+    logits, feats = m(x, return_features=True)
+    assert logits.shape == (2, 1, *size)
+    logits.mean().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    assert [f.shape[1] for f in feats] == m.feature_channels == [16, 8, 4]
+    stride = 2 if shape.get("stem") == "unshuffle" else 1
+    assert m.feature_strides == [4 * stride, 2 * stride, stride]
+    padded = [-(-s // m.multiple) * m.multiple for s in size]  # features of the padded input, at their strides
+    assert [tuple(f.shape[-2:]) for f in feats] == [(padded[0] // s, padded[1] // s) for s in m.feature_strides]
+
+
+def test_the_padding_multiple_comes_from_the_model_args():
+    assert input_multiple({"depth": 3}) == 8
+    assert input_multiple({"depth": 3, "stem": "none"}) == 8
+    assert input_multiple({"depth": 3, "stem": "unshuffle"}) == 16
+    assert input_multiple({}) == 16  # no depth: counted as 4
+    for args in ({"depth": 2}, {"depth": 3, "stem": "unshuffle"}, {"depth": 4, "stem": "unshuffle", "block": "dwsep"}):
+        full = resolved_args("unet", **args)
+        assert create_model("unet", **full).multiple == input_multiple(full)
+        assert pad_multiple(ModelInfo("unet", full, Preprocess())) == input_multiple(full)
+    assert pad_multiple(ModelInfo("unet_keras", resolved_args("unet_keras", depth=3), Preprocess())) == 8
+    with pytest.raises(ConfigError, match="unknown stem"):
+        create_model("unet", stem="pixel")
+    with pytest.raises(ConfigError, match="unknown block"):
+        create_model("unet", block="mbconv")
+    with pytest.raises(ConfigError, match="unknown stem"):
+        create_model("unet_nano", stem="pixel")  # the named sizes take the same arguments
+
+
+def test_the_stem_runs_the_network_at_half_resolution():
+    plain = create_model("unet", base=4, depth=4)
+    shuffled = create_model("unet", base=4, depth=4, stem="unshuffle")
+    assert isinstance(shuffled.stem, torch.nn.PixelUnshuffle) and isinstance(shuffled.unstem, torch.nn.PixelShuffle)
+    assert shuffled.inc[0].in_channels == 4 and shuffled.head.out_channels == 4
+    # The same weights but for the first and last layers, a quarter of the arithmetic.
+    n_plain, n_shuffled = (sum(p.numel() for p in m.parameters()) for m in (plain, shuffled))
+    assert n_shuffled - n_plain == 4 * 9 * 3 + 4 * 3 + 3  # inc's 3 extra input channels; the head's 3 extra outputs
+    assert count_gflops(shuffled, 1, 64) < 0.3 * count_gflops(plain, 1, 64)
+    dw = create_model("unet", base=8, depth=3, block="dwsep")
+    assert dw.inc[0].groups == 1  # the first convolution, on the image, stays full
+    assert dw.inc[3][0].groups == 8 and dw.inc[3][1].kernel_size == (1, 1)  # then depthwise 3x3 + pointwise 1x1
+    assert sum(p.numel() for p in dw.parameters()) < 0.3 * sum(p.numel() for p in create_model("unet", base=8, depth=3).parameters())
+
+
+def test_model_files_from_before_stem_and_block_load_bit_identically():
+    """tests/data/unet_v1_*: a model file written by segdistill before these options existed (its
+    args have no stem or block) and the logits that code gave; they must load and give the same."""
+    from safetensors.torch import load_file
+
+    model, info = load_model(DATA / "unet_v1_base2_depth2.safetensors")
+    assert "stem" not in info.args and "block" not in info.args
+    io = load_file(str(DATA / "unet_v1_base2_depth2_io.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(model(io["x"]), io["logits"])
+    # a default unet keeps the parameter names it always had (no weights in the stem or its inverse)
+    names = set(create_model("unet", base=4, depth=1).state_dict())
+    assert not any(n.startswith(("stem", "unstem")) for n in names) and "head.weight" in names
+    assert "inc.0.weight" in names and "downs.0.1.3.weight" in names
+
+
+@pytest.mark.parametrize("shape", CPU_SHAPES[:2])
+def test_cpu_shaped_save_load_round_trip(shape, tmp_path):
+    args = resolved_args("unet", base=4, depth=2, **shape)
+    assert args["stem"] == shape.get("stem", "none") and args["block"] == shape.get("block", "conv")
+    m = create_model("unet", **args).eval()
+    m2, info = load_model(save_model(tmp_path / "m.safetensors", m, ModelInfo("unet", args, Preprocess())))
+    x = torch.randn(1, 1, 30, 30)
+    assert torch.equal(m(x), m2(x)) and info.args == args

@@ -38,7 +38,7 @@ def test_distill_stops_early_like_training(tiny_model, synth_dir, tmp_path, monk
 
     def fake_validate(model, data, cp, threshold):
         iou = next(scores)
-        return {"iou": iou, "dice": iou, "agreement": iou, "precision": 0.5, "recall": 0.5}
+        return {"iou": iou, "dice": iou, "agreement": iou, "precision": 0.5, "recall": 0.5}, None  # no evaluation to save
 
     monkeypatch.setattr(distill_mod, "_validate", fake_validate)
     args = _distill_args(tiny_model, synth_dir, tmp_path, "e", 6, "--set", "train.early_stopping=2")

@@ -124,6 +124,23 @@ def save_model(path: str | Path, model: nn.Module, info: ModelInfo) -> Path:
     return path
 
 
+def store_threshold(path: str | Path, threshold: float) -> float:
+    """Rewrite the model file's threshold (atomically; weights and every other entry as they were);
+    returns the old threshold."""
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{path}: an exported model is not rewritten; store the threshold in the .safetensors "
+                             "model it was exported from, then export again")
+    if not 0 < threshold < 1:
+        raise ModelFileError(f"threshold {threshold} must lie between 0 and 1")
+    tensors, meta = _read(path)
+    old = _parse_info(path, meta).threshold  # a file that is not a readable model fails here
+    entry = json.loads(meta[_META_KEY])  # changed in place: keys this version does not know are kept
+    entry["threshold"] = float(threshold)
+    _write(path, tensors, {**meta, _META_KEY: json.dumps(entry)})
+    return old
+
+
 def read_model_info(path: str | Path) -> ModelInfo:
     """The metadata of a model file (``.safetensors``, or an exported ``.onnx``), without building
     the model."""

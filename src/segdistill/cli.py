@@ -22,6 +22,7 @@ DESCRIPTION = """Binary segmentation with a U-Net: train a model on images and m
 new images, and distil it into a small, fast student.
 
 First steps:
+  segdistill data download kvasir-seg                     a standard data set ('data list' shows them)
   segdistill data check DATA_DIR                          is the data usable? (images/ + masks/)
   segdistill train --data DATA_DIR                        train; prints the run folder
   segdistill evaluate runs/NAME --data DATA_DIR           scores on the images training held out
@@ -139,7 +140,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threshold = args.threshold if args.threshold is not None else cfg.predict.threshold
     evaluate_model(_model_file(args.model), args.data, out=args.out, threshold=threshold, device=args.device or cfg.device,
                    invert=args.invert, max_side=args.max_side, tta=args.tta, all_images=args.all, backend=args.backend,
-                   precision=args.precision)
+                   precision=args.precision, store_threshold=args.store_threshold)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import write_run_report
+    from .runtime import set_threads
+
+    set_threads(args.threads or "auto")
+    print(f"report: {write_run_report(args.run_dir, device=args.device or 'auto')}")
     return 0
 
 
@@ -239,7 +249,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
     predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
                           tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend,
-                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None)
+                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None,
+                          tile_batch=args.batch_size or p.batch_size)
     with process_group(predictor.device):  # under torchrun: each rank predicts its share
         # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
         out = decided_by_main_process(lambda: prediction_dir(
@@ -313,6 +324,29 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         print(format_table(rows, title="\nTraining plan (train.plan: auto; a configured key is kept)"))
     print("OK: training can use this data" if report.ok else "FAILED: training would stop on the errors above")
     return 0 if report.ok else 1
+
+
+def cmd_data_list(args: argparse.Namespace) -> int:
+    from .data.standard import list_datasets
+    from .report import format_table
+
+    rows = [{"name": d.name, "download": d.download_size, "licence": d.licence, "source": d.homepage, "about": d.title}
+            for d in list_datasets()]
+    print(format_table(rows))
+    print("\n'segdistill data download NAME [DIR]' downloads one and converts it to images + 0/255 masks (docs/data.md)")
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.standard import download_dataset
+
+    result = download_dataset(args.name, args.dir, mirror=args.mirror, progress=not getattr(args, "quiet", False))
+    if result.conversion is None:
+        print(f"{result.path} already holds {result.dataset.name} (see its README.txt); nothing downloaded")
+    else:
+        print(f"{result.dataset.name}: {result.conversion.describe()} written to {result.path} "
+              f"(licence: {result.dataset.licence}; mask semantics and sources in {result.path / 'README.txt'})")
+    return 0
 
 
 def cmd_config_init(args: argparse.Namespace) -> int:
@@ -390,9 +424,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=None, help="override the model's max_side")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
                    help="test-time augmentation views (default: the model's own, train.tta)")
+    p.add_argument("--store-threshold", action="store_true",
+                   help="store the threshold with the best IoU on these images in the model file (old -> new)")
     _add_backend_arg(p)
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("report", help="(re)write a run folder's report.html")
+    p.add_argument("run_dir", help="run folder (what train and distill print)")
+    p.add_argument("--device", help="where the best and worst images are predicted again (default auto)")
+    _add_threads_arg(p)
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
     p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
@@ -408,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", action="store_true", help="also write 8-bit probability maps")
     p.add_argument("--overlay", action="store_true", help="also write overlays")
     p.add_argument("--frames", action="store_true", help="videos: also write each frame's mask as PNG (in NAME/)")
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 4)")
+    p.add_argument("--batch-size", type=int, help="images (with --tile: tiles) per forward pass (default 4)")
     p.add_argument("--recursive", "-r", action="store_true", help="also images in subfolders")
     p.add_argument("--tile", type=int, help="predict large images in tiles of this size")
     p.add_argument("--tta", type=int, choices=[1, 2, 4, 8], default=None,
@@ -493,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--invert", action="store_true", help="foreground = mask zeros")
     p.add_argument("--max-lines", type=int, default=20, help="warnings and errors shown of each (default 20)")
     p.set_defaults(fn=cmd_data_check)
+    p = data.add_parser("list", help="standard data sets that 'data download' fetches")
+    p.set_defaults(fn=cmd_data_list)
+    p = data.add_parser("download", help="download a standard data set and convert it to images + masks")
+    p.add_argument("name", help="data set name ('segdistill data list' shows them)")
+    p.add_argument("dir", nargs="?", help="folder to write (default: ./NAME); an interrupted download resumes here")
+    p.add_argument("--mirror", metavar="URL",
+                   help="base URL (or file:// folder) holding URL/NAME/FILE instead of the official sources "
+                        "(default $SEGDISTILL_DATA_MIRROR)")
+    p.set_defaults(fn=cmd_data_download)
 
     cfg = _Subcommands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True))
     p = cfg.add_parser("init", help="write a commented default config")
@@ -571,8 +622,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         resumable = args.fn in (cmd_train, cmd_distill)
-        print("interrupted" + ("; completed epochs are saved (resume with --resume RUN_DIR)" if resumable else ""),
-              file=sys.stderr)
+        more = "; completed epochs are saved (resume with --resume RUN_DIR)" if resumable else ""
+        if args.fn is cmd_data_download:
+            more = "; run the same command again to resume the download"
+        print("interrupted" + more, file=sys.stderr)
         return 130
 
 

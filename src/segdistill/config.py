@@ -246,7 +246,7 @@ class PredictConfig:
     overlay: bool = False
     """Also write the masks drawn over the images (overlays/)."""
     batch_size: int = 4
-    """Images per forward pass."""
+    """Images per forward pass; with ``tile``, windows of one image per forward pass."""
     num_workers: int | Literal["auto"] = "auto"
     """Background threads reading images ahead of the model; auto = 2."""
     recursive: bool = False

@@ -16,7 +16,8 @@ METRICS = ("iou", "dice", "precision", "recall", "accuracy")
 
 @dataclass
 class Counts:
-    """Per-image confusion counts, each a (B,) float64 tensor."""
+    """Confusion counts, each a (B,) float64 tensor: one entry per image, or per threshold
+    (:func:`threshold_sweep`)."""
 
     tp: torch.Tensor
     fp: torch.Tensor
@@ -29,6 +30,10 @@ class Counts:
     @staticmethod
     def cat(parts: list[Counts]) -> Counts:
         return Counts(*(torch.cat([getattr(p, k) for p in parts]) for k in ("tp", "fp", "fn", "tn")))
+
+    def add(self, other: Counts) -> Counts:
+        """Elementwise sum (the counts of more pixels at the same thresholds)."""
+        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor) -> Counts:
@@ -68,3 +73,70 @@ def predicts_nothing(metrics: dict[str, float]) -> bool:
     """True when a model predicted no foreground pixel although the reference has some (pooled
     recall 0 with precision 1 by the empty-prediction convention): the sign of a collapsed model."""
     return metrics.get("recall") == 0.0 and metrics.get("precision") == 1.0
+
+
+SWEEP_THRESHOLDS = torch.arange(1, 100, dtype=torch.float64) / 100
+"""0.01, 0.02, ..., 0.99: the thresholds evaluation sweeps (0.5 exactly among them)."""
+
+
+def threshold_sweep(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor) -> Counts:
+    """Counts over all pixels of the masks ``probs > t`` against ``targets``, for each ``t``.
+
+    One pass, not one per threshold: each pixel's probability is placed among the thresholds
+    (a binary search), and a pixel is foreground at threshold ``t_k`` exactly when more than ``k``
+    thresholds lie below it. Counts of more images add up (:meth:`Counts.add`).
+
+    Args:
+        probs: foreground probabilities, any shape.
+        targets: the reference, boolean or {0, 1}, the shape of ``probs``.
+        thresholds: ascending, compared with ``>`` as evaluation does.
+
+    Returns:
+        Counts with one entry per threshold, shape (T,), on the CPU.
+    """
+    p = probs.detach().flatten()
+    p = p if p.dtype in (torch.float32, torch.float64) else p.float()
+    bounds = thresholds.to(device=p.device, dtype=p.dtype)
+    if bounds.ndim != 1 or not bool((bounds[1:] > bounds[:-1]).all()):
+        raise ValueError("thresholds must be a 1-D ascending tensor")
+    below = torch.bucketize(p, bounds)  # (N,) how many thresholds lie below each probability
+    t = targets.detach().flatten().bool()
+    n = len(bounds) + 1
+    fg = torch.bincount(below[t], minlength=n).double()  # (T + 1,)
+    bg = torch.bincount(below[~t], minlength=n).double()
+    tp = fg.flip(0).cumsum(0).flip(0)[1:]  # tp[k]: foreground pixels with more than k thresholds below
+    fp = bg.flip(0).cumsum(0).flip(0)[1:]
+    return Counts(*(c.cpu() for c in (tp, fp, fg.sum() - tp, bg.sum() - fp)))
+
+
+def best_threshold(thresholds: torch.Tensor, counts: Counts) -> tuple[float, float]:
+    """(threshold, IoU) of the threshold with the highest pooled IoU in a sweep; of equal ones,
+    the nearest to 0.5."""
+    iou = scores(counts)["iou"]
+    top = torch.nonzero(iou == iou.max()).flatten()
+    k = int(top[(thresholds[top].double() - 0.5).abs().argmin()])
+    return float(thresholds[k]), float(iou[k])
+
+
+@dataclass
+class Sweep:
+    """A threshold sweep over a set of images: the thresholds and the pooled counts at each."""
+
+    thresholds: torch.Tensor
+    counts: Counts
+
+    def best(self) -> tuple[float, float]:
+        return best_threshold(self.thresholds, self.counts)
+
+    def rows(self) -> list[dict[str, float]]:
+        """One row per threshold: the counts and IoU, precision, recall (sweep.csv)."""
+        s = scores(self.counts)
+        return [{"threshold": round(float(t), 6), **{k: int(getattr(self.counts, k)[i]) for k in ("tp", "fp", "fn", "tn")},
+                 **{k: round(float(s[k][i]), 6) for k in ("iou", "precision", "recall")}}
+                for i, t in enumerate(self.thresholds.tolist())]
+
+    @staticmethod
+    def from_rows(rows: list[dict[str, str]]) -> Sweep:
+        """The sweep :meth:`rows` wrote (read back from CSV)."""
+        col = {k: torch.tensor([float(r[k]) for r in rows], dtype=torch.float64) for k in ("threshold", "tp", "fp", "fn", "tn")}
+        return Sweep(col["threshold"], Counts(col["tp"], col["fp"], col["fn"], col["tn"]))

@@ -61,35 +61,98 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
 
 def curves_figure(history: list[dict[str, Any]], title: str = "") -> Any:
     """The matplotlib figure of :func:`plot_curves` (close it with ``plt.close``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [h["epoch"] for h in history]
-    # Markers: one epoch is a point, which a line alone does not draw.
-    style = {"marker": "o", "markersize": 4} if len(epochs) <= 30 else {}
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], label="train loss", **style)
-    if any(h.get("val_loss") not in (None, "") for h in history):
-        ax1.plot(epochs, [_f(h.get("val_loss")) for h in history], label="val loss", **style)
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("loss")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
-    for key, label in (("val_iou", "val IoU (Jaccard)"), ("val_dice", "val Dice")):
-        ax2.plot(epochs, [_f(h.get(key)) for h in history], label=label, **style)
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax2.set_xlabel("epoch")
-    ax2.set_ylim(0, 1)
-    ax2.legend()
-    ax2.grid(alpha=0.3)
+    draw_loss(ax1, history)
+    draw_scores(ax2, history)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def curve_panels(history: list[dict[str, Any]]) -> list[Any]:
+    """The two plots of :func:`curves_figure` as figures of their own (report.html sets them side
+    by side on a wide screen, one above the other on a phone)."""
+    plt = _pyplot()
+    figs = []
+    for draw in (draw_loss, draw_scores):
+        fig, ax = plt.subplots(figsize=(4.2, 3.1))
+        draw(ax, history)
+        fig.tight_layout()
+        figs.append(fig)
+    return figs
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _style(history: list[dict[str, Any]]) -> dict[str, Any]:
+    # Markers: one epoch is a point, which a line alone does not draw.
+    return {"marker": "o", "markersize": 4} if len(history) <= 30 else {}
+
+
+def _epoch_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_xlabel("epoch")
+    ax.legend()
+    ax.grid(alpha=0.3)
+
+
+def draw_loss(ax: Any, history: list[dict[str, Any]]) -> None:
+    """Train and validation loss per epoch."""
+    epochs, style = [h["epoch"] for h in history], _style(history)
+    ax.plot(epochs, [_f(h["train_loss"]) for h in history], label="train loss", **style)
+    if any(h.get("val_loss") not in (None, "") for h in history):
+        ax.plot(epochs, [_f(h.get("val_loss")) for h in history], label="val loss", **style)
+    ax.set_ylabel("loss")
+    _epoch_axis(ax)
+
+
+def draw_scores(ax: Any, history: list[dict[str, Any]]) -> None:
+    """Validation IoU and Dice per epoch."""
+    epochs, style = [h["epoch"] for h in history], _style(history)
+    for key, label in (("val_iou", "val IoU (Jaccard)"), ("val_dice", "val Dice")):
+        ax.plot(epochs, [_f(h.get(key)) for h in history], label=label, **style)
+    ax.set_ylim(0, 1)
+    _epoch_axis(ax)
+
+
+def threshold_panels(thresholds: list[float], iou: list[float], precision: list[float], recall: list[float],
+                     current: float, best: float) -> list[Any]:
+    """Two figures from a threshold sweep: the precision-recall curve, and IoU (with precision and
+    recall) against the threshold; ``current`` (the model's threshold) and ``best`` (the highest
+    IoU) marked on both."""
+    plt = _pyplot()
+    at = {name: min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - t)) for name, t in
+          (("current", current), ("best", best))}
+    pr, ax = plt.subplots(figsize=(4.2, 3.1))
+    ax.plot(recall, precision, color="C0")
+    ax.plot(recall[at["current"]], precision[at["current"]], "o", color="C1", label=f"threshold {current:g}")
+    ax.plot(recall[at["best"]], precision[at["best"]], "*", color="C2", markersize=12, label=f"best IoU at {best:g}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="precision-recall")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    pr.tight_layout()
+    curve, ax = plt.subplots(figsize=(4.2, 3.1))
+    ax.plot(thresholds, iou, color="C0", label="IoU")
+    ax.plot(thresholds, precision, color="C4", lw=1, ls="--", label="precision")
+    ax.plot(thresholds, recall, color="C5", lw=1, ls="--", label="recall")
+    ax.axvline(current, color="C1", ls=":", label=f"threshold {current:g}")
+    ax.plot(best, iou[at["best"]], "*", color="C2", markersize=12, label=f"best IoU {iou[at['best']]:.3f} at {best:g}")
+    ax.set(xlabel="threshold", ylabel="score", xlim=(0, 1), ylim=(0, 1.02), title="IoU against threshold")
+    ax.legend(loc="best", fontsize="small")
+    ax.grid(alpha=0.3)
+    curve.tight_layout()
+    return [pr, curve]
 
 
 def _f(v: Any) -> float:

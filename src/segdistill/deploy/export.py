@@ -2,8 +2,8 @@
 file's metadata, checked against eager PyTorch before it is declared written.
 
 The graph has a dynamic batch, height and width; height and width are multiples of the network's
-``2**depth`` (the backend pads any image to that, as the model itself does in PyTorch, and crops the
-result), so the graph holds no branch on the input's shape. Test-time augmentation stays a loop
+total down-sampling (``pad_multiple``: the backend pads any image to that, as the model itself does
+in PyTorch, and crops the result), so the graph holds no branch on the input's shape. Test-time augmentation stays a loop
 outside the graph (inference/tta.py), as in PyTorch.
 """
 
@@ -75,7 +75,7 @@ class _quiet_exporter:
     """The exporter's loggers at ERROR for the block."""
 
     def __enter__(self) -> None:
-        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+        self.loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir", "torch._dynamo")]
         self.levels = [lg.level for lg in self.loggers]
         for lg in self.loggers:
             lg.setLevel(logging.ERROR)

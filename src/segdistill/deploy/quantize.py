@@ -44,6 +44,14 @@ class QuantizeResult:
     images: int
 
 
+class _DropAdvice(logging.Filter):
+    """ONNX Runtime's quantizer advises pre-processing on the root logger: not the user's concern
+    (the check below says how the int8 model fares)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
 def _calibration_inputs(calibrate: Path, info, limit: int) -> list[torch.Tensor]:
     pre = info.preprocess
     images = calibrate / "images" if (calibrate / "images").is_dir() else calibrate
@@ -85,11 +93,15 @@ def export_int8(model_path: str | Path, out: str | Path | None, calibrate: str |
     with tempfile.TemporaryDirectory(prefix="segdistill-int8-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(blob)
+        advice = _DropAdvice()
+        logging.getLogger().addFilter(advice)  # its advice to pre-process goes to the root logger
         try:
             quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         except Exception as e:  # onnxruntime's quantizer raises many kinds; the first line says what failed
             raise SegdistillError(f"{model_path}: int8 quantization failed ({str(e).strip().splitlines()[0][:200]})") from None
+        finally:
+            logging.getLogger().removeFilter(advice)
         proto = onnx.load(str(dst))
     del proto.metadata_props[:]
     for key, value in {"segdistill": info.to_json(), ONNX_PRECISION_KEY: "int8"}.items():

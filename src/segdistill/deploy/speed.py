@@ -25,7 +25,7 @@ from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
 from ..inference.choose import Timing, cache_key, choose, measure, remember
 from ..models.registry import create_model
 from ..report import format_table
-from ..runtime import cpu_description, cpu_flags, cpu_has_native_bf16
+from ..runtime import cpu_description, cpu_flags, cpu_has_native_bf16, select_device
 
 log = logging.getLogger("segdistill")
 
@@ -115,8 +115,9 @@ def _iou(path: Path, data: str, choice: Choice, cache: dict[tuple[str, str], flo
 
     key = (choice.backend, choice.precision)
     if key not in cache:
+        precision = "fp32" if choice.precision == "int8" else choice.precision  # an int8 file runs int8 by itself
         with tempfile.TemporaryDirectory() as tmp:
-            res = evaluate_model(path, data, out=Path(tmp) / "eval.csv", backend=choice.backend, precision=choice.precision)
+            res = evaluate_model(path, data, out=Path(tmp) / "eval.csv", backend=choice.backend, precision=precision)
         cache[key] = res.metrics["iou"]
     return cache[key]
 
@@ -139,13 +140,14 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
         hw = (size[0], size[-1]) if size else _default_size(info)
         params, gflops = model_gflops(info, hw)
         onnx_file = is_onnx(path)
-        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32")
+        device = torch.device("cpu") if onnx_file else select_device("auto")  # torch rows on a GPU where there is one
+        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32", device)
         if backend not in ("all", "auto"):
             choices = [c for c in choices if c.backend == backend] or [Choice(backend)]
         log.info("timing %s at %dx%d: %s", path.name, *hw, ", ".join(c.label() for c in choices))
-        timings = measure(path, info, hw, choices, runs=runs, keep=True)
+        timings = measure(path, info, hw, choices, runs=runs, keep=True, device=device)
         chosen = choose(timings) if timings[0].p50_ms is not None else None
-        if chosen is not None and backend in ("all", "auto") and not onnx_file:
+        if chosen is not None and backend in ("all", "auto") and device.type == "cpu":
             remember(cache_key(path, hw), timings, chosen)  # what predict/evaluate's auto will use
         x = timings[0].probe
         ious: dict[tuple[str, str], float] = {}
@@ -179,9 +181,13 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
 
 
 def _print(rows: list[dict[str, Any]], features: dict[str, bool], peak_fp32: float, peak_bf16: float | None) -> None:
+    names = {r["model"] for r in rows}
+    short = {m: Path(m).name for m in names}
+    if len(set(short.values())) < len(names):  # model.safetensors of several runs: say whose
+        short = {m: "/".join(Path(m).parts[-2:]) for m in names}
     shown = []
     for r in rows:
-        shown.append({"model": Path(r["model"]).name, "backend": r["backend"] + (" CL" if r["channels_last"] else ""),
+        shown.append({"model": short[r["model"]], "backend": r["backend"] + (" CL" if r["channels_last"] else ""),
                       "precision": r["precision"], "p50 ms": r["p50_ms"], "p95 ms": r["p95_ms"],
                       "img/s (batch)": f"{r['images_per_s']:.1f} ({r['best_batch']})" if "images_per_s" in r else "",
                       "GFLOP/s": r.get("gflops_per_s"), "peak MB": r.get("peak_mb"),
@@ -197,7 +203,7 @@ def _print(rows: list[dict[str, Any]], features: dict[str, bool], peak_fp32: flo
         by_model.setdefault(r["model"], []).append(r)
     for name, group in by_model.items():
         r = group[0]
-        line = f"{Path(name).name}: {r['params'] / 1e6:.3f}M parameters, {r['gflops']:.2f} GFLOPs at {r['size'][0]}x{r['size'][1]}"
+        line = f"{name}: {r['params'] / 1e6:.3f}M parameters, {r['gflops']:.2f} GFLOPs at {r['size'][0]}x{r['size'][1]}"
         if "speedup_vs_first" in r:
             line += f"; {r['speedup_vs_first']:.1f}x faster than the first model (GFLOP ratio {r['gflop_ratio_vs_first']:.1f}x)"
         print(line)

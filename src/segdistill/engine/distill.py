@@ -28,11 +28,12 @@ from ..config import Config, as_config, validate_distill
 from ..distributed import is_distributed, process_group, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
+from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
 from ..runtime import autocast, select_device, set_threads, use_channels_last
 from .data import DistillData, build_distill_data, transfer_images
 from .distill_report import distill_report
-from .evaluate import evaluate
+from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .planning import log_plan, plan_student
 from .run import (
@@ -80,15 +81,21 @@ class KDLoss(nn.Module):
             + alpha * task loss on labels
     """
 
-    def __init__(self, cfg: Config, pos_weight: float | None, student_ch: list[int], teacher_ch: list[int]) -> None:
+    def __init__(self, cfg: Config, pos_weight: float | None, student_ch: list[int], teacher_ch: list[int],
+                 student_strides: list[int] | None = None, teacher_strides: list[int] | None = None) -> None:
         super().__init__()
         d = cfg.distill
         self.kind, self.t, self.cwd_t, self.cwd_weight = d.loss, d.temperature, d.cwd_temperature, d.cwd_weight
         self.alpha, self.feature_weight, self.pos_weight = d.alpha, d.feature_weight, pos_weight
         self.task = make_task_loss(cfg.train.loss)
-        # Match the shallowest levels when the decoders differ in depth; 1x1 convs map widths.
-        k = min(len(student_ch), len(teacher_ch)) if d.feature_weight > 0 else 0
-        self.adapters = nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(student_ch[-k:] if k else [], teacher_ch[-k:] if k else []))
+        # Pair decoder levels of the same stride (a space-to-depth student has none at full
+        # resolution); without strides, the shallowest levels. 1x1 convs map widths.
+        k = min(len(student_ch), len(teacher_ch))
+        self.pairs: list[tuple[int, int]] = [] if d.feature_weight <= 0 else (
+            [(i, j) for i, s in enumerate(student_strides) for j, t in enumerate(teacher_strides) if s == t]
+            if student_strides is not None and teacher_strides is not None
+            else [(len(student_ch) - k + n, len(teacher_ch) - k + n) for n in range(k)])
+        self.adapters = nn.ModuleList(nn.Conv2d(student_ch[i], teacher_ch[j], 1) for i, j in self.pairs)
 
     def forward(
         self,
@@ -106,9 +113,8 @@ class KDLoss(nn.Module):
         if "cwd" in self.kind:
             kd = kd + self.cwd_weight * cwd_loss(s_logits, t_logits, self.cwd_t)
         if self.adapters and s_feats is not None and t_feats is not None:
-            k = len(self.adapters)
-            adapted = [a(f.float()) for a, f in zip(self.adapters, s_feats[-k:])]
-            kd = kd + self.feature_weight * feature_loss(adapted, [f.float() for f in t_feats[-k:]])
+            adapted = [a(s_feats[i].float()) for a, (i, _) in zip(self.adapters, self.pairs)]
+            kd = kd + self.feature_weight * feature_loss(adapted, [t_feats[j].float() for _, j in self.pairs])
         if self.alpha > 0 and labels is not None:
             return (1 - self.alpha) * kd + self.alpha * self.task(s_logits, labels)
         return kd
@@ -258,7 +264,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
         passes += n
         final = opt.ema.module if opt.ema is not None else student  # what is validated and saved
         t_val = time.perf_counter()
-        m = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else {}
+        m, result = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else ({}, None)
         row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
                "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}"),
                "seconds": round(time.perf_counter() - t0, 2)}
@@ -271,7 +277,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
                    "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement",
                    **({"plan": plan} if plan is not None else {})}
         if rec.main:
-            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock)
+            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock, result)
         if rec.should_stop(cfg.train.early_stopping):
             break
         epoch += 1
@@ -289,6 +295,7 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
     report = distill_report(cfg, run_dir, teacher_figures.stand_in if teacher_figures else teacher, tinfo, rec,
                             teacher_metrics, data.val_key, passes, data.cache_folder,
                             minutes, twin)
+    rec.finish(str(cp), time.perf_counter() - t_run)
     return DistillResult(run_dir, rec.history, report)
 
 
@@ -345,7 +352,13 @@ def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Mod
         pos_weight = float(min(max(math.sqrt((1 - f) / max(f, 1e-6)), 1.0), 5.0))
     if d.feature_weight > 0 and not (hasattr(student, "feature_channels") and hasattr(teacher, "feature_channels")):
         raise ConfigError("feature distillation needs U-Net teacher and student (models with feature_channels)")
-    return KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", []))
+    kd = KDLoss(cfg, pos_weight, getattr(student, "feature_channels", []), getattr(teacher, "feature_channels", []),
+                getattr(student, "feature_strides", None), getattr(teacher, "feature_strides", None))
+    if d.feature_weight > 0 and not kd.pairs:
+        raise ConfigError("distill.feature_weight: the student and teacher have no decoder level of the same "
+                          f"resolution (strides {getattr(student, 'feature_strides', '?')} and "
+                          f"{getattr(teacher, 'feature_strides', '?')}); set it to 0")
+    return kd
 
 
 def _distill_epoch(student: nn.Module, teacher: nn.Module | None, kd: KDLoss, opt: Optimization, data: DistillData,
@@ -364,15 +377,17 @@ def _wrap(step: StudentLoss, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> dict[str, float]:
+def _validate(model: nn.Module, data: DistillData, cp: Compute, threshold: float) -> tuple[dict[str, float], EvalResult]:
     """Validation metrics against labels or the teacher (``val_key``), plus ``agreement``: the IoU
-    of the student's masks with the teacher's."""
+    of the student's masks with the teacher's; and the evaluation against ``val_key`` itself (its
+    per-image rows and threshold sweep)."""
     assert data.val_loader is not None
     sync_buffers(model)  # every rank scores the model rank 0 saves
-    m = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key).metrics
+    result = evaluate(model, data.val_loader, cp.device, threshold, target_key=data.val_key, thresholds=SWEEP_THRESHOLDS)
+    m = result.metrics
     agree = m if data.val_key == "soft" else evaluate(model, data.val_loader, cp.device, threshold, target_key="soft").metrics
     return {**{k: round(v, 6) for k, v in m.items() if k in ("iou", "dice")}, "agreement": round(agree["iou"], 6),
-            **{k: v for k, v in m.items() if k not in ("iou", "dice")}}
+            **{k: v for k, v in m.items() if k not in ("iou", "dice")}}, result
 
 
 def _log_start(cfg: Config, run_dir: Path, data: DistillData, teacher: nn.Module, student: nn.Module, kd: KDLoss,

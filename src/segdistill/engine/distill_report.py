@@ -55,7 +55,7 @@ def distill_report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelI
         "epochs_to_90pct_of_final_iou": _epochs_to_fraction(rec.history, "val_iou" if val_key == "mask" else "agreement_iou"),
         "teacher_forward_passes": teacher_passes, "target_cache": str(cache_folder), "targets": cfg.distill.targets,
         "loss": cfg.distill.loss, "temperature": cfg.distill.temperature, "input_size": size,
-        "latency": f"batch 1, {size}x{size}, fp32, channels_last, {torch.get_num_threads()} threads", "minutes": round(minutes, 2),
+        "latency": f"batch 1, {size}x{size}, fp32, channels_last, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}", "minutes": round(minutes, 2),
     }
     write_json(run_dir / "distill_report.json", report)
     table_rows = [dict(r, params=f"{r['params'] / 1e6:.3f}M") for r in rows]

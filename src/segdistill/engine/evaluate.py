@@ -13,12 +13,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from ..data.dataset import SegDataset
 from ..distributed import gather_objects, is_distributed, shard
-from ..errors import DataError
+from ..errors import DataError, SegdistillError
 from ..failpoints import failpoint
 from ..inference.tta import tta_logits
 from ..losses import LossFn
-from ..metrics import Counts, confusion, scores, summarise
+from ..metrics import Counts, Sweep, confusion, scores, summarise, threshold_sweep
 from ..runtime import autocast
 
 log = logging.getLogger("segdistill")
@@ -29,7 +30,10 @@ class EvalResult:
     metrics: dict[str, float]
     """Pooled over all pixels (``iou``, ``dice``, ...) and per-image means (``iou_per_image``, ...)."""
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    """One row per image: its name, scores, and ``image_file``/``mask_file`` where known."""
     loss: float | None = None
+    sweep: Sweep | None = None
+    """Pooled counts at each of the ``thresholds`` asked for (precision-recall, IoU against threshold)."""
 
 
 def logits_at(model: nn.Module, image: torch.Tensor, size: tuple[int, int], amp_dtype: torch.dtype | None, channels_last: bool,
@@ -61,16 +65,21 @@ def evaluate(
     target_key: str = "mask",
     tta: int = 1,
     label_offset: Sequence[float] = (0.0, 0.0),
+    thresholds: torch.Tensor | None = None,
 ) -> EvalResult:
     """IoU, Dice, precision, recall and accuracy of ``model`` on ``loader``'s whole images.
 
     ``target_key`` picks the reference: ``"mask"`` (labels) or ``"soft"`` (a teacher's
-    probabilities, binarised at ``threshold``: agreement with the teacher).
+    probabilities, binarised at ``threshold``: agreement with the teacher). With ``thresholds``
+    (ascending, e.g. metrics.SWEEP_THRESHOLDS) the result also holds the pooled counts at each.
     """
     model.eval()
+    # The files behind each image, for the per-image rows (report.html shows the best and worst).
+    items = loader.dataset.items if isinstance(loader.dataset, SegDataset) else None
     # Each image's (index, counts, row) and each batch's summed loss, from this rank's share.
     mine: list[tuple[int, Counts, dict[str, Any]]] = []
     loss_sum, loss_n = 0.0, 0
+    swept: Counts | None = None
     for batch in _my_share(loader):
         image = batch["image"].to(device)
         target = batch[target_key].to(device)  # (B, 1, H, W)
@@ -78,28 +87,53 @@ def evaluate(
         if loss_fn is not None:
             loss_sum += float(loss_fn(logits, target)) * image.shape[0]
             loss_n += image.shape[0]
-        pred = torch.sigmoid(logits) > threshold
+        prob = torch.sigmoid(logits)  # (B, 1, H, W)
+        pred = prob > threshold
         # A teacher's soft map is cut at the same threshold as the model: its own masks.
         ref = target > (threshold if target_key == "soft" else 0.5)
         c = confusion(pred, ref)
         s = scores(c)
+        if thresholds is not None:
+            part = threshold_sweep(prob, ref, thresholds)
+            swept = part if swept is None else swept.add(part)
         for j, idx in enumerate(batch["index"].tolist()):
-            row: dict[str, Any] = {"image": names[idx] if names else idx}
+            row: dict[str, Any] = {"image": names[idx] if names else items[idx].image.stem if items else idx}
             row.update({k: float(v[j]) for k, v in s.items()})
             row["gt_fraction"] = float((c.tp[j] + c.fn[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
             row["pred_fraction"] = float((c.tp[j] + c.fp[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
+            if items:
+                row["image_file"] = str(items[idx].image.absolute())  # the report may be rebuilt from elsewhere
+                row["mask_file"] = "" if items[idx].mask is None else str(items[idx].mask.absolute())
             one = Counts(*(t[j:j + 1].cpu() for t in (c.tp, c.fp, c.fn, c.tn)))
             mine.append((idx, one, row))
         failpoint("val_step")
     # Under torchrun each rank scored its share; every rank gets all images' counts, in image order,
     # so the metrics are those of one process: pooled from summed counts, per-image means over all.
-    shares = gather_objects((mine, loss_sum, loss_n))
+    shares = gather_objects((mine, loss_sum, loss_n, swept))
     images = sorted((item for share in shares for item in share[0]), key=lambda item: item[0])
     loss_sum, loss_n = sum(share[1] for share in shares), sum(share[2] for share in shares)
     if not images:
         return EvalResult(metrics={}, per_image=[])
     counts = Counts.cat([c for _, c, _ in images])
-    return EvalResult(summarise(counts), [row for _, _, row in images], loss_sum / loss_n if loss_n else None)
+    sweep = None
+    if thresholds is not None:
+        parts = [share[3] for share in shares if share[3] is not None]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total.add(part)
+        sweep = Sweep(thresholds.double().cpu(), total)
+    return EvalResult(summarise(counts), [row for _, _, row in images], loss_sum / loss_n if loss_n else None, sweep)
+
+
+def save_evaluation(folder: Path, result: EvalResult) -> None:
+    """The per-image rows (per_image.csv) and the threshold sweep (sweep.csv) of an evaluation, for
+    report.html (main process)."""
+    from ..report import write_csv
+
+    if result.per_image:
+        write_csv(folder / "per_image.csv", result.per_image)
+    if result.sweep is not None:
+        write_csv(folder / "sweep.csv", result.sweep.rows())
 
 
 def _my_share(loader: DataLoader) -> DataLoader:
@@ -182,19 +216,28 @@ def evaluate_model(
     all_images: bool = False,
     backend: str = "auto",
     precision: str = "auto",
+    store_threshold: bool = False,
 ) -> EvalResult:
-    """``segdistill evaluate``: metrics table, per-image CSV and a JSON summary. ``tta`` views
-    default to the model's own (stored at training). Of a folder that training splits itself, only
-    the validation images the model's training held out are scored, unless ``all_images``. The
-    model file may be an exported ``.onnx``; ``backend`` and ``precision`` as in inference/backends.py
-    (``auto`` measures the backends once the data has ``MEASURE_IMAGES`` images or more)."""
+    """``segdistill evaluate``: metrics table, per-image CSV, a JSON summary, the threshold sweep
+    (CSV) and an HTML report beside the CSV. ``tta`` views default to the model's own (stored at
+    training). Of a folder that training splits itself, only the validation images the model's
+    training held out are scored, unless ``all_images``. The model file may be an exported
+    ``.onnx``; ``backend`` and ``precision`` as in inference/backends.py (``auto`` measures the
+    backends once the data has ``MEASURE_IMAGES`` images or more). ``store_threshold`` rewrites the
+    model file's threshold to the one with the best IoU on the scored images."""
     from ..checkpoint import read_model_info
-    from ..data.dataset import Item, SegDataset
+    from ..checkpoint import store_threshold as store
+    from ..data.dataset import Item
     from ..fileio import write_json
-    from ..inference.backends import open_backend
+    from ..html_report import write_eval_report
+    from ..inference.backends import is_onnx, open_backend
     from ..inference.choose import MEASURE_IMAGES
+    from ..metrics import SWEEP_THRESHOLDS
     from ..report import format_table, write_csv
 
+    if store_threshold and is_onnx(model_path):
+        raise SegdistillError(f"{model_path}: --store-threshold rewrites a .safetensors model file; store it there, "
+                              "then export again")
     pairs, why = evaluation_pairs(data_dir, split=training_split(model_path, read_model_info(model_path).summary),
                                   all_images=all_images)
     measure_on = pairs[0].image if len(pairs) >= MEASURE_IMAGES else None
@@ -211,16 +254,29 @@ def evaluate_model(
     thr = info.threshold if threshold is None else threshold
     views = info.tta if tta is None else tta
     result = evaluate(model, loader, dev, thr, names=[str(p.stem) for p in pairs], tta=views,  # type: ignore[arg-type]
-                      label_offset=info.label_offset)
+                      label_offset=info.label_offset, thresholds=SWEEP_THRESHOLDS)
+    assert result.sweep is not None
+    best, best_iou = result.sweep.best()
     out = Path(out) if out else Path(model_path).parent / f"eval_{Path(data_dir).name or 'data'}.csv"
     write_csv(out, result.per_image)
+    sweep_csv = out.with_name(f"{out.stem}_thresholds.csv")
+    write_csv(sweep_csv, result.sweep.rows())
     write_json(out.with_suffix(".json"), {"model": str(model_path), "backend": model.describe(), "data": str(data_dir),
                                           "images": len(pairs),
                                           "scored": why,
-                                          "threshold": thr, "tta": views, **result.metrics})
+                                          "threshold": thr, "tta": views, **result.metrics,
+                                          "best_threshold": best, "best_threshold_iou": best_iou})
     rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
             for k in ("iou", "dice", "precision", "recall", "accuracy")]
     views_note = f", TTA x{views}" if views > 1 else ""
     log.info("%s\nper-image results: %s", format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, "
              f"threshold {thr}{views_note}; {model.describe()})"), out)
+    log.info("threshold with the best IoU on these images: %g (IoU %.4f; %.4f at %g), curves in %s", best, best_iou,
+             result.metrics["iou"], thr, sweep_csv)
+    page = write_eval_report(out.with_suffix(".html"), model_path, data_dir, result, thr, views, why, backend, device,
+                             pre.invert, pre.max_side if max_side is not None else None)
+    log.info("report: %s", page)
+    if store_threshold:
+        old = store(model_path, best)
+        log.info("threshold stored in %s: %g -> %g", model_path, old, best)
     return result

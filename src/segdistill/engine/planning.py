@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..data.discovery import discover
 from ..data.fingerprint import Fingerprint, fingerprint
 from ..data.plan import Plan, apply_plan, make_plan
 from ..distributed import is_main_process
+from ..models.unet import STEM_SCALE
 
 log = logging.getLogger("segdistill")
 
@@ -56,8 +58,13 @@ def plan_student(cfg: Config, transfer_images: int) -> tuple[Config, dict[str, A
 
 def _apply(cfg: Config, fp: Fingerprint, plan: Plan, model: str, skip: set[str]) -> tuple[Config, dict[str, Any]]:
     settings = {k: v for k, v in plan.settings(f"{model}.args").items() if k not in skip}
+    spec = cfg.model if model == "model" else cfg.distill.student
+    stem_levels = int(math.log2(STEM_SCALE.get(str(spec.args.get("stem", "none")), 1)))
+    if stem_levels and f"{model}.args.depth" in settings:  # the plan's depth counts every halving of the resolution
+        depth, why = settings[f"{model}.args.depth"]
+        settings[f"{model}.args.depth"] = (max(1, depth - stem_levels), f"{why}; the space-to-depth stem is one halving")
     given = given_keys(cfg)
-    if (cfg.model if model == "model" else cfg.distill.student).name != "unet":
+    if spec.name != "unet":
         given |= {f"{model}.args.base", f"{model}.args.depth"}  # the unet's arguments
     values, applied = apply_plan(config_to_dict(cfg), settings, given)
     planned = config_from_dict(values)

@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ..fileio import remove_temporaries, write_json, write_text
 from ..metrics import predicts_nothing
 from ..report import plot_curves, write_csv
 from .clock import RunClock
+from .evaluate import EvalResult, save_evaluation
 
 log = logging.getLogger("segdistill")
 
@@ -35,7 +37,8 @@ log = logging.getLogger("segdistill")
 # What a run writes; ``overwrite`` removes these first, so nothing of the old run (a state to
 # resume from, a better-scoring model) can be mistaken for the new one's.
 RUN_FILES = ("config.yaml", "model.safetensors", "last.safetensors", "state.safetensors", "history.csv",
-             "curves.png", "metrics.json", "distill_report.json", "plan.json")
+             "curves.png", "metrics.json", "distill_report.json", "plan.json", "per_image.csv", "sweep.csv", "run.json",
+             "report.html")
 
 
 def new_run_dir(cfg: Config, overwrite: bool) -> Path:
@@ -269,14 +272,16 @@ class Recorder:
         return self.improved
 
     def save(self, model: nn.Module, info: ModelInfo, state: dict[str, Any], clock: RunClock,
-             metrics: dict[str, float] | None = None) -> None:
-        """Write the epoch: the best model (and its metrics) when it improved or nothing validates,
-        the last model, history.csv, curves.png, the state, then the log line."""
+             evaluation: EvalResult | None = None) -> None:
+        """Write the epoch: the best model (and its validation: metrics.json, per_image.csv,
+        sweep.csv) when it improved or nothing validates, the last model, history.csv, curves.png,
+        the state, then the log line."""
         row = self.history[-1]
         if self.improved or not self.validated:
             save_model(self.run_dir / "model.safetensors", model, info)
-            if metrics:
-                write_json(self.run_dir / "metrics.json", {"epoch": row["epoch"], **metrics})
+            if evaluation is not None and evaluation.metrics:
+                write_json(self.run_dir / "metrics.json", {"epoch": row["epoch"], **evaluation.metrics})
+                save_evaluation(self.run_dir, evaluation)
         save_model(self.run_dir / "last.safetensors", model, info)
         write_csv(self.run_dir / "history.csv", self.history)
         if row["epoch"] >= clock.epochs or time.monotonic() - self._plotted[1] >= PLOT_EVERY_S:
@@ -293,6 +298,16 @@ class Recorder:
         if self.main and self.history and self._plotted[0] != len(self.history):
             plot_curves(self.run_dir / "curves.png", self.history, self.title)
             self._plotted = (len(self.history), time.monotonic())
+
+    def finish(self, compute: str, seconds: float) -> None:
+        """End the run (main process): run.json (how and how long it ran) and report.html."""
+        if not self.main:
+            return
+        from ..html_report import write_run_report
+
+        write_json(self.run_dir / "run.json", {"compute": compute, "seconds": round(seconds, 1),
+                                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        log.info("report: %s", write_run_report(self.run_dir))
 
     def should_stop(self, patience: int) -> bool:
         """Early stopping: ``patience`` validations without a better IoU (0 = never)."""

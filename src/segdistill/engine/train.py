@@ -36,12 +36,13 @@ from ..distributed import (
 from ..errors import TrainingError
 from ..fileio import write_json
 from ..losses import LossFn, make_task_loss
+from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
 from ..report import format_table
 from ..runtime import autocast, select_device, set_threads, use_channels_last
 from .clock import format_duration
 from .data import RunData, build_run_data, resolve_pos_weight
-from .evaluate import EvalResult, evaluate
+from .evaluate import EvalResult, evaluate, save_evaluation
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .planning import log_plan, plan_run
 from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, read_plan, validates
@@ -157,7 +158,8 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
             # Every rank scores its share and gets the same metrics, so every rank decides alike.
             t_val = time.perf_counter()
             sync_buffers(final)
-            result = evaluate(final, data.val_loader, cp.device, cfg.train.threshold, loss_fn, cp.amp_dtype, cp.channels_last)
+            result = evaluate(final, data.val_loader, cp.device, cfg.train.threshold, loss_fn, cp.amp_dtype, cp.channels_last,
+                              thresholds=SWEEP_THRESHOLDS)
             val_seconds = time.perf_counter() - t_val
         row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": _round(result.loss),
                "val_iou": _round(result.metrics.get("iou")), "val_dice": _round(result.metrics.get("dice")),
@@ -170,12 +172,13 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         if rec.main:
             info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None, plan))
             rec.save(final, info, capture(epoch, parts, rec, clock, preprocess=data.pre.to_dict(), pos_weight=pos_weight),
-                     clock, result.metrics)
+                     clock, result)
         if rec.should_stop(cfg.train.early_stopping):
             break
         epoch += 1
     rec.plot()  # an early stop ends before the last planned epoch
     _log_summary(cfg, run_dir, data, rec, cp, t_run)
+    rec.finish(str(cp), time.perf_counter() - t_run)
     return FitResult(run_dir, rec.history, rec.best_row())
 
 
@@ -246,12 +249,13 @@ def _evaluate_with_tta(cfg: Config, data: RunData, run_dir: Path, cp: Compute) -
     would multiply that cost, and the ranking of checkpoints hardly changes.)"""
     best, info = load_model(run_dir / "model.safetensors", cp.device)
     result = evaluate(best, data.val_loader, cp.device, info.threshold, amp_dtype=cp.amp_dtype, channels_last=cp.channels_last,
-                      tta=info.tta, label_offset=info.label_offset)
+                      tta=info.tta, label_offset=info.label_offset, thresholds=SWEEP_THRESHOLDS)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics["tta"] = {"views": info.tta, "label_offset": info.label_offset, **result.metrics}
     if is_main_process():
         write_json(metrics_path, metrics)
+        save_evaluation(run_dir, result)  # per-image scores and the sweep with the views predict uses
     return {f"val IoU (TTA x{info.tta})": result.metrics.get("iou"), f"val Dice (TTA x{info.tta})": result.metrics.get("dice")}
 
 

@@ -12,10 +12,10 @@ which one it is. The backend is chosen in one place, :func:`open_backend`:
 An int8 file (``segdistill export --int8``) is a QDQ ONNX graph that both runtimes run in int8.
 ``auto`` picks among all of these by measuring them on the machine at hand (inference/choose.py).
 
-The exported graph takes inputs whose height and width are multiples of the network's ``2**depth``
-(no shape-dependent branch inside the graph); the backend pads with the model's own rule
-(``pad_to_multiple``: reflect) and crops the logits back, so any image size gives what eager
-PyTorch gives.
+The exported graph takes inputs whose height and width are multiples of the network's total
+down-sampling (:func:`pad_multiple`; no shape-dependent branch inside the graph); the backend pads
+with the model's own rule (``pad_to_multiple``: reflect) and crops the logits back, so any image
+size gives what eager PyTorch gives.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from ..checkpoint import ModelInfo, load_model, read_model_info
 from ..errors import ModelFileError, SegdistillError
 from ..models.blocks import pad_to_multiple
+from ..models.unet import input_multiple
 from ..runtime import cpu_has_native_bf16, select_device, use_channels_last
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
@@ -198,8 +199,8 @@ def onnx_precision(path: str | Path) -> str:
 
 
 def pad_multiple(info: ModelInfo) -> int:
-    """What a model pads its input to: ``2**depth`` (every registered U-Net has a depth)."""
-    return 2 ** int(info.args.get("depth", 4))
+    """What a model pads its input to: its total down-sampling (``models.unet.input_multiple``)."""
+    return input_multiple(info.args)
 
 
 def is_onnx(path: str | Path) -> bool:

@@ -11,6 +11,7 @@ choice is never slower than it. The result is cached per (model file, machine, i
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import statistics
@@ -105,22 +106,25 @@ def probe_input(info: ModelInfo, size: tuple[int, int]) -> torch.Tensor:
 
 
 def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Choice] | None = None,
-            runs: int = RUNS, warmup: int = WARMUP, batch: int = 1, keep: bool = False) -> list[Timing]:
+            runs: int = RUNS, warmup: int = WARMUP, batch: int = 1, keep: bool = False,
+            device: torch.device | None = None) -> list[Timing]:
     """Time every candidate (``choices``: default :func:`candidates`) on one input of ``size`` in
     interleaved rounds (noise from other work hits all alike), after checking each against the
     first. The model is built and exported once and shared. ``keep``: the built backends stay in
-    the timings (otherwise they are let go)."""
+    the timings (otherwise they are let go). ``device``: a GPU for torch candidates (timed with a
+    synchronisation, as GPU work is asynchronous)."""
     from ..checkpoint import load_model
 
     onnx_file = is_onnx(path)
     graph_precision = onnx_precision(path) if onnx_file else "fp32"
-    choices = choices or candidates(onnx_file, graph_precision)
-    model = None if onnx_file else load_model(path, "cpu")[0]
+    device = device or torch.device("cpu")
+    choices = choices or candidates(onnx_file, graph_precision, device)
+    model = None if onnx_file else load_model(path, device)[0]
     blob = None
     if not onnx_file and any(c.backend != "torch" for c in choices):
         from ..deploy.export import onnx_bytes
 
-        blob = onnx_bytes(model, info)  # type: ignore[arg-type]
+        blob = onnx_bytes(copy.deepcopy(model).cpu(), info)  # type: ignore[union-attr]
     x = probe_input(info, size).repeat(batch, 1, 1, 1)
     timings, backends = [], []
     ref: torch.Tensor | None = None
@@ -128,7 +132,7 @@ def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Ch
         t = Timing(choice)
         backend: Backend | None = None
         try:
-            backend = build_backend(choice, path, info, model=_copy(model, choice), blob=blob)
+            backend = build_backend(choice, path, info, model=_copy(model, choice), blob=blob, device=device)
             for _ in range(warmup):
                 out = torch.sigmoid(backend(x))
         except SegdistillError as e:
@@ -147,6 +151,8 @@ def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Ch
                 continue
             t0 = time.perf_counter()
             backend(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             t.times_ms.append((time.perf_counter() - t0) * 1000)
     if keep:
         for t, backend in zip(timings, backends):
@@ -158,8 +164,6 @@ def _copy(model: torch.nn.Module | None, choice: Choice) -> torch.nn.Module | No
     """Torch candidates each get their own copy (channels-last converts the weights in place)."""
     if model is None or choice.backend != "torch":
         return model
-    import copy
-
     return copy.deepcopy(model)
 
 

@@ -24,7 +24,7 @@ from ..errors import SegdistillError
 from ..fileio import atomic_path, is_temporary
 from .backends import open_backend
 from .sources import collect_inputs, inside, output_names
-from .tiling import predict_tiled
+from .tiling import TILE_BATCH, predict_tiled
 from .tta import tta_logits
 
 log = logging.getLogger("segdistill")
@@ -53,6 +53,7 @@ class Predictor:
         backend: str = "auto",
         precision: str = "auto",
         measure_on: str | Path | None = None,
+        tile_batch: int = TILE_BATCH,
     ) -> None:
         # A .safetensors model or an exported .onnx one, on the backend asked for (inference/backends.py);
         # ``measure_on``: an image of a job large enough to pay for measuring which backend is fastest.
@@ -63,6 +64,7 @@ class Predictor:
         self.tta = self.info.tta if tta is None else tta
         self.tile = tile
         self.tile_overlap = tile_overlap
+        self.tile_batch = tile_batch  # windows per forward pass with tiles (the CLI passes predict.batch_size)
 
     @torch.inference_mode()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +72,12 @@ class Predictor:
         return tta_logits(self._forward, x.to(self.device), self.tta, self.info.label_offset)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tile and max(x.shape[-2:]) > self.tile:
-            return torch.cat([predict_tiled(self.backend, xi[None], self.tile, self.tile_overlap) for xi in x])
+        if self._tiled(x):
+            return predict_tiled(self.backend, x, self.tile, self.tile_overlap, self.tile_batch)  # type: ignore[arg-type]
         return self.backend(x)
+
+    def _tiled(self, x: torch.Tensor) -> bool:
+        return bool(self.tile) and max(x.shape[-2:]) > self.tile  # type: ignore[operator]
 
     def predict_arrays(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities (H, W) float32 at each image's own size, for float (H, W, C) inputs in
@@ -80,7 +85,8 @@ class Predictor:
         pre = self.info.preprocess
         tensors = [torch.from_numpy(resize_for_model(im, pre.max_side)).permute(2, 0, 1) for im in images]
         outs: list[np.ndarray] = []
-        if len({t.shape for t in tensors}) == 1:
+        # A tiled image is batched by its windows; one at a time, its full-size arrays exist once.
+        if len({t.shape for t in tensors}) == 1 and not self._tiled(tensors[0]):
             groups = [tensors]
         else:
             groups = [[t] for t in tensors]
@@ -132,7 +138,9 @@ class Predictor:
                     batch = []
                     yield item, None
                     continue
-                if batch and (batch[0].image.shape != item.image.shape or len(batch) >= batch_size):  # type: ignore[union-attr]
+                # A tiled image goes alone (its windows are its batch): no more full-size arrays than one.
+                limit = 1 if self.tile and max(item.image.shape[:2]) > self.tile else batch_size
+                if batch and (batch[0].image.shape != item.image.shape or len(batch) >= limit):  # type: ignore[union-attr]
                     yield from self._flush(batch)
                     batch = []
                 batch.append(item)

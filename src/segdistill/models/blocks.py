@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 Norm = Literal["batch", "group", "instance", "none"]
 Act = Literal["relu", "leaky_relu"]
+Block = Literal["conv", "dwsep"]
 
 
 def act_layer(kind: Act) -> nn.Module:
@@ -36,16 +37,35 @@ def norm_layer(kind: Norm, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm '{kind}' (batch, group, instance, none)")
 
 
-class ConvBlock(nn.Sequential):
-    """Two 3x3 convolutions, each followed by normalisation and the activation (ReLU)."""
+def conv3x3(cin: int, cout: int, bias: bool, block: Block = "conv") -> nn.Module:
+    """A 3x3 convolution: a full one (``conv``), or depthwise-separable (``dwsep``: a 3x3 filter per
+    input channel, then a 1x1 mixing them), about ``9 * cout / (9 + cout)`` times fewer multiply-adds.
+    ``conv`` is a bare ``nn.Conv2d``, so the parameter names of existing model files stay as they were."""
+    if block == "conv":
+        return nn.Conv2d(cin, cout, 3, padding=1, bias=bias)
+    if block == "dwsep":
+        # No norm between the two (as Keras' SeparableConv2D): fewer layers, and a tiny network's CPU
+        # time goes to the number of layers more than to their arithmetic.
+        return nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=bias))
+    raise ValueError(f"unknown block '{block}' (conv, dwsep)")
 
-    def __init__(self, cin: int, cout: int, norm: Norm = "batch", dropout: float = 0.0, act: Act = "relu") -> None:
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions (full or depthwise-separable), each followed by normalisation and the
+    activation. ``full_first``: the first stays a full convolution whatever ``block`` says (for the
+    image's own few channels, a depthwise filter per channel would be a bottleneck; MobileNet's stem
+    is a full convolution too)."""
+
+    def __init__(
+        self, cin: int, cout: int, norm: Norm = "batch", dropout: float = 0.0, act: Act = "relu",
+        block: Block = "conv", full_first: bool = False,
+    ) -> None:
         bias = norm == "none"
         layers: list[nn.Module] = [
-            nn.Conv2d(cin, cout, 3, padding=1, bias=bias),
+            conv3x3(cin, cout, bias, "conv" if full_first else block),
             norm_layer(norm, cout),
             act_layer(act),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=bias),
+            conv3x3(cout, cout, bias, block),
             norm_layer(norm, cout),
             act_layer(act),
         ]
@@ -58,7 +78,8 @@ class Up(nn.Module):
     """Upsample by 2, then concatenate the skip connection and fuse with a ConvBlock."""
 
     def __init__(
-        self, cin: int, cskip: int, cout: int, mode: str = "transpose", norm: Norm = "batch", act: Act = "relu"
+        self, cin: int, cskip: int, cout: int, mode: str = "transpose", norm: Norm = "batch", act: Act = "relu",
+        block: Block = "conv",
     ) -> None:
         super().__init__()
         if mode == "transpose":
@@ -72,7 +93,7 @@ class Up(nn.Module):
             cup = cin // 2
         else:
             raise ValueError(f"unknown upsampling '{mode}' (transpose, bilinear)")
-        self.conv = ConvBlock(cup + cskip, cout, norm, act=act)
+        self.conv = ConvBlock(cup + cskip, cout, norm, act=act, block=block)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = self.up(x)  # (B, cin/2, 2h, 2w)

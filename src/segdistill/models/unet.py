@@ -1,23 +1,36 @@
 """U-Net (Ronneberger et al., 2015) for binary segmentation: one logit channel.
 
-Two families share this file: ``unet`` (configurable width, depth, normalisation, upsampling and
-dropout, with named sizes) and ``unet_keras`` (the layer layout of the original Keras tool, so its
-users can reproduce their models). Any input size works: the input is padded to a multiple of
-2**depth and the output cropped back.
+Two families share this file: ``unet`` (configurable width, depth, normalisation, upsampling,
+dropout, stem and block, with named sizes) and ``unet_keras`` (the layer layout of the original Keras
+tool, so its users can reproduce their models). Any input size works: the input is padded to a
+multiple of :func:`input_multiple` (``2**depth``, twice that with the space-to-depth stem) and the
+output cropped back.
+
+CPU-shaped students (docs/deployment.md): a tiny U-Net at full resolution is bound by memory traffic
+and per-layer overhead, not arithmetic. ``stem="unshuffle"`` folds each 2x2 block of pixels into
+channels (``nn.PixelUnshuffle(2)``), so the whole network runs at half resolution on 4x the input
+channels, and the head predicts the 2x2 block's 4 logits, put back in place by ``nn.PixelShuffle(2)``.
+``block="dwsep"`` makes the 3x3 convolutions depthwise-separable.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from .blocks import Act, ConvBlock, Norm, Up, act_layer, norm_layer, pad_to_multiple
+from .blocks import Act, Block, ConvBlock, Norm, Up, act_layer, norm_layer, pad_to_multiple
 from .registry import register_model
 
 KERAS_BN_EPS = 1e-3
 """Keras' BatchNormalization epsilon (PyTorch's default is 1e-5)."""
+
+Stem = Literal["none", "unshuffle"]
+STEM_SCALE = {"none": 1, "unshuffle": 2}
+"""How much each stem shrinks the image before the first level."""
 
 
 @dataclass
@@ -29,10 +42,27 @@ class UNetSpec:
     up: str = "transpose"
     dropout: float = 0.0
     act: Act = "relu"
+    stem: Stem = "none"
+    """``unshuffle``: space-to-depth by 2 first, the network at half resolution (module docstring)."""
+    block: Block = "conv"
+    """``dwsep``: depthwise-separable 3x3 convolutions (the very first one stays full)."""
+
+
+def input_multiple(args: Mapping[str, Any]) -> int:
+    """What a U-Net pads its input's height and width to, from its model-file arguments: the total
+    down-sampling, ``2**depth`` times the stem's factor. The one place this rule lives (the model's
+    own padding, the inference backends and the ONNX export's dynamic dimensions all ask here);
+    arguments without ``depth`` (no registered model) count as depth 4."""
+    stem = str(args.get("stem", "none"))
+    if stem not in STEM_SCALE:
+        raise ValueError(f"unknown stem '{stem}' ({', '.join(STEM_SCALE)})")
+    return 2 ** int(args.get("depth", 4)) * STEM_SCALE[stem]
 
 
 class UNet(nn.Module):
-    """Encoder of ``depth`` down-steps (width doubling), symmetric decoder, 1x1 head.
+    """Encoder of ``depth`` down-steps (width doubling), symmetric decoder, 1x1 head; with
+    ``stem="unshuffle"`` all of it at half resolution between a space-to-depth stem and a
+    depth-to-space head.
 
     Shape: (B, C, H, W) -> (B, 1, H, W) logits, for any H, W >= 1.
     """
@@ -42,39 +72,53 @@ class UNet(nn.Module):
         if spec.depth < 1 or spec.base < 1:
             raise ValueError("depth and base must be at least 1")
         self.spec = spec
+        self.multiple = input_multiple(asdict(spec))  # raises on an unknown stem; conv3x3 on an unknown block
+        s = STEM_SCALE[spec.stem]
         widths = [spec.base * 2**i for i in range(spec.depth + 1)]
         self.widths = widths
-        self.inc = ConvBlock(spec.in_channels, widths[0], spec.norm, act=spec.act)
+        # Neither shuffle has weights, so a model without the stem has the parameter names it always had.
+        self.stem = nn.PixelUnshuffle(s) if s > 1 else nn.Identity()
+        self.inc = ConvBlock(spec.in_channels * s * s, widths[0], spec.norm, act=spec.act, block=spec.block, full_first=True)
         self.downs = nn.ModuleList(
             nn.Sequential(
                 nn.MaxPool2d(2),
                 # Dropout at the deepest level only, where the original U-Net put it.
-                ConvBlock(widths[i], widths[i + 1], spec.norm, spec.dropout if i == spec.depth - 1 else 0.0, spec.act),
+                ConvBlock(widths[i], widths[i + 1], spec.norm, spec.dropout if i == spec.depth - 1 else 0.0, spec.act,
+                          spec.block),
             )
             for i in range(spec.depth)
         )
         self.ups = nn.ModuleList(
-            Up(widths[i + 1], widths[i], widths[i], spec.up, spec.norm, spec.act) for i in reversed(range(spec.depth))
+            Up(widths[i + 1], widths[i], widths[i], spec.up, spec.norm, spec.act, spec.block)
+            for i in reversed(range(spec.depth))
         )
-        self.head = nn.Conv2d(widths[0], 1, 1)
+        self.head = nn.Conv2d(widths[0], s * s, 1)  # one logit per pixel of each s x s block
+        self.unstem = nn.PixelShuffle(s) if s > 1 else nn.Identity()
 
     @property
     def feature_channels(self) -> list[int]:
         """Channels of the decoder features returned with ``return_features`` (deep to shallow)."""
         return [self.widths[i] for i in reversed(range(self.spec.depth))]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        """How many input pixels one pixel of each returned decoder feature spans (deep to shallow):
+        distillation pairs a student's and a teacher's features of the same stride."""
+        s = STEM_SCALE[self.spec.stem]
+        return [s * 2**i for i in reversed(range(self.spec.depth))]
+
     def forward(self, x: torch.Tensor, return_features: bool = False):  # type: ignore[override]
         h, w = x.shape[-2:]
-        x, _, _ = pad_to_multiple(x, 2**self.spec.depth)
-        skips = [self.inc(x)]  # (B, base, H, W)
+        x, _, _ = pad_to_multiple(x, self.multiple)  # (B, C, H', W'), H' and W' multiples of self.multiple
+        skips = [self.inc(self.stem(x))]  # (B, base, H'/s, W'/s), s the stem's factor
         for down in self.downs:
-            skips.append(down(skips[-1]))  # (B, base*2^i, H/2^i, W/2^i)
+            skips.append(down(skips[-1]))  # (B, base*2^i, H'/(s*2^i), W'/(s*2^i))
         y = skips.pop()
         feats = []
         for up in self.ups:
             y = up(y, skips.pop())
             feats.append(y)
-        logits = self.head(y)[..., :h, :w]  # (B, 1, H, W)
+        logits = self.unstem(self.head(y))[..., :h, :w]  # (B, s*s, H'/s, W'/s) -> (B, 1, H, W)
         return (logits, feats) if return_features else logits
 
 
@@ -148,9 +192,13 @@ class KerasUNet(nn.Module):
             layers += [m for m in (*up, *dec) if isinstance(m, nn.Conv2d)]
         return [*layers, self.last[0], self.head]  # type: ignore[list-item]
 
+    @property
+    def feature_strides(self) -> list[int]:
+        return [2**i for i in reversed(range(self.depth))]
+
     def forward(self, x: torch.Tensor, return_features: bool = False):  # type: ignore[override]
         h, w = x.shape[-2:]
-        x, _, _ = pad_to_multiple(x, 2**self.depth)
+        x, _, _ = pad_to_multiple(x, input_multiple({"depth": self.depth}))
         x = self.input_norm(x)
         skips = []
         for i, enc in enumerate(self.encoders):
@@ -181,11 +229,14 @@ def unet(
     up: str = "transpose",
     dropout: float = 0.0,
     act: str = "relu",
+    stem: str = "none",
+    block: str = "conv",
 ) -> UNet:
     """Configurable U-Net; base 64, depth 4 is the classic 31M-parameter model. ``act``: relu or
-    leaky_relu (for students with only a few channels per level)."""
+    leaky_relu (for students with only a few channels per level). For CPU latency: ``stem``
+    unshuffle (the network at half resolution) and ``block`` dwsep (depthwise-separable)."""
     _check(norm, up, act)
-    return UNet(UNetSpec(in_channels, base, depth, norm, up, dropout, act))  # type: ignore[arg-type]
+    return UNet(UNetSpec(in_channels, base, depth, norm, up, dropout, act, stem, block))  # type: ignore[arg-type]
 
 
 # Named sizes: a variation is a value, so each is just `unet` with a different width.
@@ -208,8 +259,10 @@ def _sized(base_width: int, about: str):
         up: str = "transpose",
         dropout: float = 0.0,
         act: str = "relu",
+        stem: str = "none",
+        block: str = "conv",
     ) -> UNet:
-        return unet(in_channels, base, depth, norm, up, dropout, act)
+        return unet(in_channels, base, depth, norm, up, dropout, act, stem, block)
 
     build.__doc__ = about + "."  # what `segdistill models` shows for this size
     return build
