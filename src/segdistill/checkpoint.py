@@ -152,7 +152,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise ModelFileError(f"{path}: corrupt safetensors file ({e})") from None
+        raise ModelFileError(f"{path}: corrupt or truncated safetensors file ({e})") from None
     return _parse_info(path, meta)
 
 
