@@ -78,6 +78,7 @@ _FLAG_KEYS = {
     "images": "distill.images", "student": "distill.student.name", "targets": "distill.targets",
     "baseline": "distill.baseline", "kd_loss": "distill.loss", "temperature": "distill.temperature",
     "alpha": "distill.alpha", "student_lr": "distill.lr", "unlabelled": "semi.images",
+    "search": "distill.search", "search_budget": "distill.search_budget",
     "time": "train.time_budget", "threads": "threads",
 }
 # Flags whose argparse dest differs from the flag's name.
@@ -506,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", dest="kd_loss", choices=["soft_bce", "soft_bce+dice", "cwd", "soft_bce+cwd"], help="distillation loss")
     p.add_argument("--temperature", type=float, help="soft-target temperature T")
     p.add_argument("--alpha", type=float, help="weight of the supervised loss on labels (0-1)")
+    p.add_argument("--search", metavar="keep=F|latency=Nms",
+                   help="find the student: the fastest keeping share F of the teacher's IoU, or the most accurate "
+                        "under N ms here (distill.search; docs/distillation.md)")
+    p.add_argument("--search-budget", type=float, metavar="MINUTES",
+                   help="minutes for the whole search (default: about twice one full distillation)")
     p.add_argument("--input-size", type=int, help="training crop size (train.input_size, default 256)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="reuse runs/NAME instead of runs/NAME-2")

@@ -210,6 +210,14 @@ class DistillConfig:
     video_stride: int = 10
     """Videos among the transfer images: every this many-th frame is a transfer image (neighbouring
     frames are near copies); decoded once into PNG files beside the target cache."""
+    search: str | None = None
+    """Find the student (--search): keep=FRACTION (the fastest student keeping at least this share of
+    the teacher's validation IoU) or latency=NUMBERms (the most accurate student at most this slow
+    here); successive halving over width, depth and design, the winner distilled fully
+    (docs/distillation.md). null = distil distill.student."""
+    search_budget: float | None = None
+    """Minutes for the whole search, the winner's distillation included (--search-budget); null =
+    about twice one full distillation, estimated from the first measured epochs."""
 
 
 @dataclass
@@ -534,12 +542,31 @@ def validate(cfg: Config) -> None:
          "feature distillation (distill.feature_weight > 0) needs distill.targets: online"),
         (cfg.distill.mixup == 0 or cfg.distill.targets == "online",
          "distill.mixup needs distill.targets: online (the teacher must label the blended images)"),
+        (cfg.distill.search_budget is None or cfg.distill.search_budget > 0, "distill.search_budget must be positive (minutes)"),
+        (cfg.distill.search is None or cfg.distill.targets == "cached",
+         "distill.search needs distill.targets: cached (the candidates learn from the cached targets)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    if cfg.distill.search is not None:
+        parse_search(cfg.distill.search)
     if any(ch in cfg.name for ch in "/\\") or cfg.name in ("", ".", ".."):
         raise ConfigError(f"name {cfg.name!r} must be a plain folder name (no slashes)")
+
+
+def parse_search(text: str) -> tuple[str, float]:
+    """``distill.search`` as (kind, value): ``keep=0.97`` -> ("keep", 0.97), ``latency=8ms`` ->
+    ("latency", 8.0) (milliseconds); anything else is a one-line error."""
+    kind, _, value = str(text).replace(" ", "").partition("=")
+    number = value[:-2] if kind == "latency" and value.endswith("ms") else value if kind == "keep" else ""
+    try:
+        x = float(number)
+    except ValueError:
+        x = float("nan")
+    if not (0 < x <= 1 if kind == "keep" else 0 < x < float("inf")):
+        raise ConfigError(f"--search: expected keep=FRACTION or latency=NUMBERms (distill.search), got {text!r}")
+    return kind, x
 
 
 def validate_distill(cfg: Config) -> None:

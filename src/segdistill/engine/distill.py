@@ -63,6 +63,17 @@ class DistillResult:
     report: dict[str, Any]
 
 
+@dataclass
+class TeacherFigures:
+    """The teacher's part of the report when it was measured beforehand (a student search): its
+    validation metrics, scored from its cached predictions, and ``stand_in``, its architecture with
+    fresh weights, on which the report counts parameters and GFLOPs and times the latency (none
+    depends on the weights). With them the run makes no teacher forward pass at all."""
+
+    metrics: dict[str, float]
+    stand_in: nn.Module
+
+
 class KDLoss(nn.Module):
     """Distillation loss for one sigmoid channel, with optional feature adapters.
 
@@ -186,14 +197,16 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
 def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
             started: float | None = None) -> DistillResult:
     """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
-    see the module docstring. ``started``: as in ``fit``."""
+    see the module docstring. ``started``: as in ``fit``. With ``distill.search`` the student is
+    searched for first, and the winner distilled (engine/search.py)."""
     started = time.monotonic() if started is None else started
     cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
     done = complete_message(cfg, run_dir, state)
     report_path = run_dir / "distill_report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
     # Without the report of these epochs (killed after the last one), the resume writes it.
-    if done is not None and state is not None and report.get("epochs") == len(state.get("history", [])):
+    if (done is not None and state is not None and report.get("epochs") == len(state.get("history", []))
+            and (not cfg.distill.search or "search" in report)):  # a search's report ends with the search
         log.info(done)
         return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
@@ -206,11 +219,18 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     device = select_device(cfg.device)
     with process_group(device):
         torch.manual_seed(cfg.seed)
+        if cfg.distill.search:
+            from .search import search_student
+
+            return search_student(cfg, run_dir, state, device, plan, fresh=resume is None)
         return _distill(cfg, run_dir, state, device, started, plan)
 
 
 def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float,
-             plan: dict[str, Any] | None) -> DistillResult:
+             plan: dict[str, Any] | None, short: bool = False, teacher_figures: TeacherFigures | None = None) -> DistillResult:
+    """The distillation of ``cfg.distill.student`` in ``run_dir``. ``short``: a run whose result
+    is its history (a search's candidate): no teacher evaluation, twin or report.
+    ``teacher_figures``: the teacher's report figures, measured beforehand (the search's winner)."""
     d = cfg.distill
     teacher, tinfo = load_model(Path(d.teacher), device)  # type: ignore[arg-type]
     data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher), device)  # type: ignore[arg-type]
@@ -228,7 +248,8 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
     parts = {"model": student, "kd": kd, **opt.parts()}
     epoch = begin(run_dir, cfg, state, parts, rec, plan)
     step = _wrap(StudentLoss(student, kd, cp.amp_dtype), device)  # after a resume has restored both
-    teacher_metrics = evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if data.val_key == "mask" else {}
+    teacher_metrics = (teacher_figures.metrics if teacher_figures is not None else
+                       evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if not short and data.val_key == "mask" else {})
     teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
     if rec.main:
         if state is None:
@@ -264,12 +285,15 @@ def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.devic
     if rec.main:
         log.info("teacher forward passes in this run: %d", passes)
     minutes = (time.perf_counter() - t_run) / 60
+    if short:
+        return DistillResult(run_dir, rec.history, {})
     twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
     if d.baseline and twin is None and rec.main:
         log.warning("--baseline needs labelled data (--data); skipped")
     if not rec.main:  # the report measures and writes: the main process's work
         return DistillResult(run_dir, rec.history, {})
-    report = distill_report(cfg, run_dir, teacher, tinfo, rec, teacher_metrics, data.val_key, passes, data.cache_folder,
+    report = distill_report(cfg, run_dir, teacher_figures.stand_in if teacher_figures else teacher, tinfo, rec,
+                            teacher_metrics, data.val_key, passes, data.cache_folder,
                             minutes, twin)
     rec.finish(str(cp), time.perf_counter() - t_run)
     return DistillResult(run_dir, rec.history, report)

@@ -1,0 +1,289 @@
+"""distill --search: the pure parts (objective, grid, schedule, Pareto front, promotion, winner) on
+made-up numbers, then whole searches on tiny data: objective met or the closest said, the budget
+kept on a fake clock, resumed after SIGKILLs to the same result, no teacher pass after the cache."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from segdistill import html_report
+from segdistill.benchmark import count_params
+from segdistill.checkpoint import load_model, read_model_info
+from segdistill.cli import main
+from segdistill.config import ConfigError, load_config, parse_search
+from segdistill.engine import clock, search
+from segdistill.engine import distill as distill_mod
+from segdistill.engine.search import (
+    Objective,
+    Rung,
+    Score,
+    affordable,
+    candidate_grid,
+    candidate_name,
+    default_budget_s,
+    first_epochs,
+    halving_schedule,
+    pareto_front,
+    pareto_layers,
+    pick_winner,
+    promote,
+    schedule_cost,
+    spread,
+)
+from segdistill.inference.backends import Choice
+from segdistill.models.unet import UNet
+
+from .helpers import run_killed_at
+
+# --------------------------------------------------------------------------------------------------
+# Pure parts.
+
+
+def test_objective_syntax():
+    assert Objective.parse("keep=0.97") == Objective("keep", 0.97)
+    assert Objective.parse("latency=8ms") == Objective("latency", 8.0)
+    assert str(Objective.parse("latency = 2.5 ms")) == "latency=2.5ms"
+    for bad in ("keep=1.2", "keep=0", "latency=8", "latency=-1ms", "fast", "kep=0.9", ""):
+        with pytest.raises(ConfigError, match=r"^--search: expected keep=FRACTION or latency=NUMBERms"):
+            parse_search(bad)
+    with pytest.raises(ConfigError, match="--search: expected"):
+        load_config(None, ["distill.search=quick"])
+
+
+def test_bad_search_flag_is_a_one_line_error(capsys):
+    assert main(["distill", "--teacher", "t.safetensors", "--images", "x", "--search", "keep=97%"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --search: expected keep=FRACTION or latency=NUMBERms (distill.search), got 'keep=97%'"
+
+
+S = [Score("a", 0.50, 1.0), Score("b", 0.70, 2.0), Score("c", 0.65, 3.0), Score("d", 0.80, 8.0), Score("e", 0.79, 9.0)]
+
+
+def test_pareto_front_and_layers():
+    assert [s.name for s in pareto_front(S)] == ["a", "b", "d"]
+    assert [[s.name for s in layer] for layer in pareto_layers(S)] == [["a", "b", "d"], ["c", "e"]]
+    assert pareto_front([]) == []
+
+
+def test_pick_winner_meets_or_says_the_closest():
+    keep = Objective("keep", 0.9)
+    # teacher 0.8: 0.72 needed -> d (0.80) and e (0.79) keep it; d is faster and on the front
+    assert pick_winner(S, keep, 0.8) == search.Pick("d", True)
+    # teacher 0.75: 0.675 -> b is the fastest keeping it
+    assert pick_winner(S, keep, 0.75) == search.Pick("b", True)
+    # none keeps 90% of 1.0: the closest, the most accurate, and it says so
+    assert pick_winner(S, keep, 1.0) == search.Pick("d", False)
+    assert pick_winner(S, Objective("latency", 3.0), 0) == search.Pick("b", True)  # most accurate under 3 ms
+    assert pick_winner(S, Objective("latency", 0.5), 0) == search.Pick("a", False)  # none: the fastest
+
+
+def test_the_winner_is_always_pareto_optimal():
+    rng = random.Random(0)
+    for _ in range(200):
+        scores = [Score(f"s{i}", round(rng.random(), 2), round(rng.uniform(0.1, 10), 1)) for i in range(rng.randint(1, 9))]
+        front = {s.name for s in pareto_front(scores)}
+        for objective in (Objective("keep", rng.uniform(0.5, 1)), Objective("latency", rng.uniform(0.1, 10))):
+            pick = pick_winner(scores, objective, rng.uniform(0.2, 1))
+            assert pick.name in front
+            chosen = next(s for s in scores if s.name == pick.name)
+            if pick.meets and objective.kind == "latency":
+                assert chosen.latency_ms <= objective.value
+
+
+def test_promote_keeps_whole_fronts_then_cuts_by_the_objective():
+    keep = Objective("keep", 0.97)
+    assert promote(S, 3, keep) == ["a", "b", "d"]  # the front
+    # 2 of the front of 3: within 97% of the rung's best (0.80) is only d; then the most accurate
+    assert promote(S, 2, keep) == ["d", "b"]
+    assert set(promote(S, 4, keep)) == {"a", "b", "d", "e"}  # the front, then e (more accurate than c)
+    assert promote(S, 2, Objective("latency", 3.0)) == ["b", "c"]  # the most accurate under 3 ms
+    assert promote(S, 2, Objective("latency", 0.1)) == ["a", "b"]  # none under it: the fastest
+
+
+def test_schedule_halves_the_candidates_and_doubles_the_epochs():
+    assert halving_schedule(8, 60) == [Rung(8, 2), Rung(4, 4), Rung(2, 8)]
+    assert halving_schedule(5, 4) == [Rung(5, 1), Rung(3, 2), Rung(2, 2)]  # never longer than half the full run
+    assert halving_schedule(1, 60) == [Rung(1, 2)]
+    assert first_epochs(60) == 2 and first_epochs(4) == 1
+    assert schedule_cost(halving_schedule(8, 60)) == 48
+    # about one full distillation of search affords 8 candidates at 60 epochs, 4 at 30
+    assert affordable(60, 60, 16) == 8 and affordable(30, 30, 16) == 4
+    assert default_budget_s(60, 7.0, 30.0) == 30.0 + 2 * 60 * 7.0
+    assert affordable(0, 60, 16) == 1 and affordable(10**6, 60, 16) == 16
+
+
+def test_grid_designs_only_where_the_model_has_them():
+    ref = {"base": 4, "depth": 3, "norm": "batch", "act": "relu"}
+    plain = candidate_grid(ref, ["in_channels", "base", "depth", "norm", "act"])
+    names = [candidate_name(a) for a in plain]
+    assert names[0] == "b4d3" and len(names) == len(set(names))
+    assert not any("-us" in n or "-dw" in n for n in names)
+    assert all(a["norm"] == "batch" for a in plain)
+    assert next(a for a in plain if candidate_name(a) == "b2d4")["act"] == "leaky_relu"  # 2 channels: leaky
+    both = candidate_grid(ref, ["base", "depth", "stem", "block"])
+    assert {"b8d3-us", "b8d3-dw", "b8d3-us-dw"} <= {candidate_name(a) for a in both}
+    assert not any(candidate_name(a) == "b2d3-us" for a in both)  # designs from width 4
+    assert [search.design_name(a) for a in ({}, {"stem": "unshuffle"}, {"block": "dwsep", "stem": "unshuffle"})] == \
+        ["plain", "us", "us-dw"]
+
+
+def test_spread_covers_the_range_from_the_first():
+    points = {n: (float(i),) for i, n in enumerate("abcdefg")}
+    assert spread(points, 3, ["c"]) == ["c", "g", "a"]
+    assert spread(points, 10, ["c"])[0] == "c" and len(spread(points, 10, ["c"])) == 7
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole searches on tiny data (latency timed on torch only: an ONNX export per candidate is slow).
+
+TINY = ["--epochs", "4", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8", "--threads", "1"]
+
+
+@pytest.fixture
+def teacher(tiny_model):
+    """unet base 4 depth 2 (7.5K parameters): 3 students of the grid have 2x-1000x fewer (b2d2 and
+    the depthwise-separable b4d2s), besides the configured one."""
+    return tiny_model
+
+
+@pytest.fixture(autouse=True)
+def _torch_latency_only(monkeypatch):
+    monkeypatch.setattr(search, "_latency_choices", lambda: [Choice("torch", "fp32", True)])
+
+
+def _search(teacher, synth_dir, out, name, objective, *extra):
+    args = ["-q", "distill", "--teacher", str(teacher), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+            "--output-dir", str(out), "--name", name, "--search", objective, *TINY, *extra]
+    assert main(args) == 0
+    run = out / name
+    return run, json.loads((run / "search.json").read_text()), json.loads((run / "distill_report.json").read_text())
+
+
+@pytest.mark.slow
+def test_search_end_to_end_without_teacher_passes_after_the_cache(teacher, synth_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))  # a fresh cache: the search fills it
+    weights, _ = load_model(teacher)
+    head = weights.head.weight.detach().clone()
+    calls, shown, in_report = [], [], []
+
+    def count_teacher(module, args, out):  # any module carrying the teacher's trained weights
+        if isinstance(module, UNet) and module.head.weight.shape == head.shape and torch.equal(module.head.weight.detach().cpu(), head):
+            (shown if in_report else calls).append(1)
+
+    # report.html (html_report.py) shows the winner's best and worst images predicted again, by the
+    # teacher too: those display passes are counted apart.
+    real_report = html_report.write_run_report
+
+    def report_html(*args, **kwargs):
+        in_report.append(1)
+        try:
+            return real_report(*args, **kwargs)
+        finally:
+            in_report.pop()
+
+    monkeypatch.setattr(html_report, "write_run_report", report_html)
+    handle = torch.nn.modules.module.register_module_forward_hook(count_teacher)
+    try:
+        run, d, report = _search(teacher, synth_dir, tmp_path, "s", "keep=0.9", "--baseline", "--search-budget", "600")
+    finally:
+        handle.remove()
+    # The only teacher passes: one per image (10 transfer + 2 validation) filling the cache.
+    assert len(calls) == 12 == d["teacher"]["forward_passes"] == report["search"]["teacher_forward_passes"]
+    assert report["teacher_forward_passes"] == 0  # the winner's distillation: none
+
+    # Every candidate has 2x-1000x fewer parameters than the teacher, or is the configured one.
+    grid = {g["name"]: g for g in d["grid"]}
+    teacher_params = d["teacher"]["params"]
+    assert all(g["params"] <= teacher_params / 2 for n, g in grid.items() if n != d["reference"])
+    assert d["rungs"][0]["candidates"] == len(d["candidates"]) >= 3
+    # The winner is on the Pareto front of its rung and meets the objective there (or is the closest).
+    w, k = d["winner"], d["winner"]["rung"]
+    scores = [Score(r["name"], r["iou"], d["latency"][r["name"]]["latency_ms"]) for r in d["runs"] if r["rung"] == k]
+    assert w["name"] in {s.name for s in pareto_front(scores)}
+    assert d["final"]["meets"] == (d["final"]["iou"] >= 0.9 * d["teacher"]["val_iou"])
+    # The run's model is the winner, distilled for the full length.
+    info = read_model_info(run / "model.safetensors")
+    assert candidate_name(info.args) == w["name"] and d["final"]["epochs"] == 4
+    assert info.preprocess == read_model_info(teacher).preprocess
+    # The report: every candidate with its numbers, the front as a plot, the twin.
+    s = report["search"]
+    assert {r["candidate"] for r in s["candidates"]} >= set(d["candidates"])
+    for r in s["candidates"]:
+        assert {"params", "GFLOPs", "latency_ms", "iou", "epochs"} <= set(r)
+    assert any(r["note"].startswith("winner") for r in s["candidates"])
+    assert (run / "search_pareto.png").stat().st_size > 1000 and (run / "search.md").is_file()
+    assert s["baseline_labels_only"]["val_iou"] is not None and (run / "baseline" / "model.safetensors").is_file()
+    # Done runs say so on --resume, and the candidates' training states are gone.
+    assert main(["-q", "distill", "--resume", str(run)]) == 0
+    assert not list((run / "search").rglob("state.safetensors"))
+
+
+@pytest.mark.slow
+def test_search_keeps_its_budget(teacher, synth_dir, tmp_path, monkeypatch):
+    # Fake time: an epoch takes (parameters / 100) seconds and nothing else takes any, so the
+    # candidates larger than the configured one cost more than its timing promised.
+    now = [0.0]
+    monkeypatch.setattr(clock, "_now", lambda: now[0])
+    real = distill_mod.distill_one_epoch
+
+    def epoch(student, *args, **kwargs):
+        now[0] += count_params(student) / 100
+        return real(student, *args, **kwargs)
+
+    monkeypatch.setattr(distill_mod, "distill_one_epoch", epoch)
+    run, d, report = _search(teacher, synth_dir, tmp_path, "b", "keep=0.9", "--search-budget", "4",
+                             "--set", "distill.student.args={base: 2, depth: 2}")
+    assert d["budget_s"] == 240
+    assert d["stopped"]["reason"] == "budget"  # cut short, cleanly
+    assert d["spent_s"] <= 240  # the winner's distillation included
+    assert now[0] <= 240
+    assert (run / "model.safetensors").is_file() and report["search"]["winner"] == d["winner"]["name"]
+    assert d["winner"]["name"] in {r["name"] for r in d["runs"]}
+    # Without --search-budget: about twice one full distillation (4 epochs) of the configured
+    # student, timed on its first epoch(s) (setup takes no fake time here).
+    now[0] = 0.0
+    run, d, _ = _search(teacher, synth_dir, tmp_path, "b2", "keep=0.9", "--set", "distill.student.args={base: 2, depth: 2}")
+    t_ref = d["runs"][0]["epoch_s"]
+    assert d["runs"][0]["name"] == d["reference"] == "b2d2" and t_ref == pytest.approx(19.23)
+    assert d["budget_s"] == pytest.approx(2 * 4 * t_ref) and d["budget_from"].startswith("about twice")
+    assert d["spent_s"] <= d["budget_s"]
+
+
+@pytest.mark.slow
+def test_latency_none_fast_enough_returns_the_fastest(teacher, synth_dir, tmp_path):
+    run, d, report = _search(teacher, synth_dir, tmp_path, "l", "latency=0.000001ms", "--search-budget", "600")
+    fastest = min(d["grid"], key=lambda g: g["latency_ms"])["name"]
+    assert fastest in d["candidates"] and len(d["candidates"]) <= 2
+    assert d["final"]["meets"] is False and report["search"]["meets"] is False
+    assert min(d["candidates"], key=lambda c: d["latency"][c]["latency_ms"]) == d["winner"]["name"]
+
+
+@pytest.mark.slow
+def test_search_resumes_after_sigkills_to_the_same_result(teacher, synth_dir, tmp_path):
+    a, da, _ = _search(teacher, synth_dir, tmp_path, "a", "latency=1000ms", "--search-budget", "600")
+    # The same search from the same measurements (timings are noise; everything after them is
+    # determined by the seed): its plan, killed three times at named moments, resumed each time.
+    b = tmp_path / "b"
+    b.mkdir()
+    for f in ("config.yaml", "plan.json"):
+        shutil.copy(a / f, b / f)
+    planned = {k: v for k, v in da.items() if k not in ("runs", "spent_s", "stopped", "winner", "final")}
+    (b / "search.json").write_text(json.dumps({**planned, "runs": []}))
+    # 2 steps an epoch: rung 1 (4 x 1 epoch) is steps 1-8, rung 2 (2 x 2 epochs) 9-16, the winner 17-24:
+    # killed in rung 2's first run, its second, the winner's first epoch and a later one.
+    for moment in ("train_step:11", "train_step:5", "write:12", "train_step:5"):
+        run_killed_at(["distill", "--resume", str(b)], moment)
+    assert main(["-q", "distill", "--resume", str(b)]) == 0
+    db = json.loads((b / "search.json").read_text())
+    key = [(r["name"], r["rung"], r["epochs"]) for r in da["runs"]]
+    assert [(r["name"], r["rung"], r["epochs"]) for r in db["runs"]] == key
+    assert [r["iou"] for r in db["runs"]] == pytest.approx([r["iou"] for r in da["runs"]], abs=1e-6)
+    assert db["winner"] == da["winner"] and db["final"]["iou"] == pytest.approx(da["final"]["iou"], abs=1e-6)
+    ma, _ = load_model(a / "model.safetensors")
+    mb, _ = load_model(b / "model.safetensors")
+    x = torch.randn(1, 1, 32, 32)
+    assert torch.allclose(ma(x), mb(x), atol=1e-4)
+    assert "search" in json.loads((b / "distill_report.json").read_text())
