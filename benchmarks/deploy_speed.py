@@ -17,6 +17,7 @@ Writes benchmarks/results/deploy_speed.json (--tag) and prints the tables.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,6 @@ def reference_model(path: Path, like: ModelInfo, **args: Any) -> Path:
     return path
 
 
-def best(rows: list[dict[str, Any]], model: Path) -> dict[str, Any]:
-    mine = [r for r in rows if r["model"] == str(model) and r["p50_ms"] is not None and r["accurate"]]
-    return min(mine, key=lambda r: r["p50_ms"])
-
-
 def row_of(rows: list[dict[str, Any]], model: Path, backend: str, precision: str, cl: bool | None = None) -> dict[str, Any] | None:
     for r in rows:
         if r["model"] == str(model) and r["backend"] == backend and r["precision"] == precision and \
@@ -54,16 +50,117 @@ def row_of(rows: list[dict[str, Any]], model: Path, backend: str, precision: str
     return None
 
 
+def fastest(rows: list[dict[str, Any]], models: set[str], fp32_only: bool = False) -> dict[str, Any] | None:
+    """The fastest accurate row of ``models`` (a model and its int8 file); ``fp32_only``: of the fp32
+    rows only, what a CPU without native bf16 (and where int8 does not pay) is left with."""
+    ok = [r for r in rows if r["model"] in models and r["p50_ms"] is not None and r["accurate"]
+          and (not fp32_only or r["precision"] == "fp32")]
+    return min(ok, key=lambda r: r["p50_ms"]) if ok else None
+
+
+def key(r: dict[str, Any]) -> tuple[str, str, str, bool]:
+    return r["model"], r["backend"], r["precision"], bool(r["channels_last"])
+
+
+def interleaved(chosen: list[dict[str, Any]], rounds: int) -> dict[tuple[str, str, str, bool], float]:
+    """``chosen`` rows (ways to run a model) timed again in interleaved rounds: every round runs each
+    once, starting one further along, so that a teacher and its students are compared under the
+    same load (``benchmark_models`` times one model after another, and this machine is shared).
+    Returns the p50 ms of each :func:`key`."""
+    import statistics
+    import time
+
+    from segdistill.inference.backends import Choice, build_backend
+    from segdistill.inference.choose import probe_input
+
+    keys = list(dict.fromkeys(key(r) for r in chosen))
+    calls = []
+    for model, backend, precision, cl in keys:
+        info = read_model_info(Path(model))
+        calls.append((build_backend(Choice(backend, precision, cl), Path(model), info), probe_input(info, (512, 512))))
+    times: list[list[float]] = [[] for _ in keys]
+    with torch.inference_mode():
+        for r in range(3 + rounds):  # 3 warm-up rounds
+            order = list(range(len(keys)))
+            for i in order[r % len(order):] + order[:r % len(order)]:
+                backend, x = calls[i]
+                t0 = time.perf_counter()
+                backend(x)
+                if r >= 3:
+                    times[i].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(t) for k, t in zip(keys, times)}
+
+
+def int8_of(rows: list[dict[str, Any]], model: str) -> set[str]:
+    """The int8 export of ``model`` among ``rows`` (named as main() names them)."""
+    name = f"{Path(model).parent.name}_{Path(model).stem}.int8.onnx"
+    return {r["model"] for r in rows if Path(r["model"]).name == name}
+
+
+def student_rows(rows: list[dict[str, Any]], teacher: set[str], students: dict[str, set[str]], t_iou: float,
+                 plain_ms: float, ms: dict[tuple[str, str, str, bool], float]) -> list[dict[str, Any]]:
+    """Every student (name -> its files: the model and its int8 export) against the teacher (its
+    files), on the best backend of this machine and on the best fp32 one: latency (``ms``: the
+    interleaved timings, else the row's own), the share of the teacher's fp32 IoU kept on that
+    backend, speed-ups, and the GFLOP check (the speed-up over half the GFLOP ratio; >= 1 meets it)."""
+    out = []
+    for name, files in students.items():
+        for label, fp32 in (("best", False), ("best fp32", True)):
+            t, st = fastest(rows, teacher, fp32), fastest(rows, files, fp32)
+            if t is None or st is None:
+                continue
+            t_ms, s_ms, ratio = ms.get(key(t), t["p50_ms"]), ms.get(key(st), st["p50_ms"]), t["gflops"] / st["gflops"]
+            out.append({"student": name, "on": label, "params": st["params"], "GFLOPs": st["gflops"],
+                        "backend": f"{st['backend']} {st['precision']}", "ms": s_ms, "teacher ms": t_ms,
+                        "IoU": st.get("iou"), "keeps": st["iou"] / t_iou if st.get("iou") is not None else None,
+                        "vs plain eager": plain_ms / s_ms, "speed-up": t_ms / s_ms,
+                        "GFLOP ratio": ratio, "GFLOP check": (t_ms / s_ms) / (ratio / 2)})
+    return out
+
+
+def print_students(doc: dict[str, Any], rounds: int) -> list[dict[str, Any]]:
+    """The student table of a run (its results: models, int8), with every model's fastest way to
+    run (any precision, and fp32 only) and the plain reference in eager fp32 timed again
+    interleaved (``rounds``; 0: the benchmark's own timings)."""
+    from segdistill.report import format_table
+
+    rows = doc["models"] + doc.get("int8", [])
+    models = list(dict.fromkeys(r["model"] for r in doc["models"]))
+    teacher, students, plain = models[0], models[1:-1], models[-1]
+
+    def files(m: str) -> set[str]:
+        return {m} | int8_of(rows, m)
+
+    plain_row = row_of(rows, Path(plain), "torch", "fp32", cl=False)
+    chosen = [plain_row] + [r for m in [teacher, *students] for fp32 in (False, True)
+                            if (r := fastest(rows, files(m), fp32)) is not None]
+    ms = interleaved(chosen, rounds) if rounds else {}
+    t_iou = row_of(rows, Path(teacher), "torch", "fp32", cl=False)["iou"]
+    out = student_rows(rows, files(teacher), {Path(m).parent.name: files(m) for m in students}, t_iou,
+                       ms.get(key(plain_row), plain_row["p50_ms"]), ms)
+    how = f"timed again in {rounds} interleaved rounds" if rounds else "the benchmark's timings"
+    print(format_table(out, title=f"\nStudents against the teacher ({how}; the GFLOP check: speed-up / half the GFLOP "
+                                  "ratio, >= 1 meets it)"))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", type=Path, required=True)
-    ap.add_argument("--student", type=Path, required=True, help="the recipe's default student")
+    ap.add_argument("--teacher", type=Path)
+    ap.add_argument("--student", type=Path, help="the recipe's default student")
     ap.add_argument("--students", type=Path, nargs="*", default=[], help="more students to place on the trade-off")
     ap.add_argument("--out", type=Path, default=common.ROOT / "runs" / "deploy_speed")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--skip-classic", action="store_true", help="leave out the 31M U-Net (slow)")
     ap.add_argument("--tag", default="deploy_speed")
+    ap.add_argument("--from-json", type=Path, help="only the student table, from an earlier run's results")
+    ap.add_argument("--rounds", type=int, default=30, help="interleaved rounds of the student table (0: none)")
     args = ap.parse_args()
+    if args.from_json:
+        print_students(json.loads(args.from_json.read_text(encoding="utf-8")), args.rounds)
+        return
+    if args.teacher is None or args.student is None:
+        ap.error("--teacher and --student are required (or --from-json)")
     args.out.mkdir(parents=True, exist_ok=True)
     info = read_model_info(args.teacher)
     plain = reference_model(args.out / "plain_base4_depth4.safetensors", info, base=4, depth=4, up="transpose")
@@ -82,24 +179,21 @@ def main() -> None:
         classic_rows = benchmark_models([classic], backend="all", size=[512], runs=max(5, args.runs // 4),
                                         batch_sizes=[1, 2], json_out=args.out / "bench_classic.json")
 
-    # The checks.
-    plain_eager = row_of(rows, plain, "torch", "fp32", cl=False)
-    s_best, t_best = best(rows + int8_rows, args.student), best(rows + int8_rows, args.teacher)
-    s_best_all = min([r for r in rows + int8_rows if r["model"] in (str(args.student), str(int8[args.student]))
-                      and r["p50_ms"] is not None and r["accurate"]], key=lambda r: r["p50_ms"])
-    t_best_all = min([r for r in rows + int8_rows if r["model"] in (str(args.teacher), str(int8[args.teacher]))
-                      and r["p50_ms"] is not None and r["accurate"]], key=lambda r: r["p50_ms"])
-    t_fp32_iou = row_of(rows, args.teacher, "torch", "fp32", cl=False)["iou"]
+    # The checks: the recipe's student against the plain reference and the teacher, from the
+    # interleaved timings of the student table.
+    doc = {"models": rows, "int8": int8_rows, "classic": classic_rows}
+    students = print_students(doc, args.rounds)
+    mine = next(r for r in students if r["student"] == args.student.parent.name and r["on"] == "best")
+    fp32 = next(r for r in students if r["student"] == args.student.parent.name and r["on"] == "best fp32")
     checks: list[dict[str, Any]] = [
-        {"check": "student (best backend) vs plain base-4 U-Net, eager fp32", "value": plain_eager["p50_ms"] / s_best_all["p50_ms"],
-         "target": ">= 8x", "detail": f"{s_best_all['backend']} {s_best_all['precision']} {s_best_all['p50_ms']:.2f} ms vs "
-                                      f"{plain_eager['p50_ms']:.2f} ms"},
-        {"check": "student IoU on that backend / teacher IoU (fp32)", "value": s_best_all["iou"] / t_fp32_iou,
-         "target": ">= 0.97", "detail": f"{s_best_all['iou']:.4f} / {t_fp32_iou:.4f}"},
-        {"check": "teacher/student speed-up (best backends) vs GFLOP ratio / 2",
-         "value": (t_best_all["p50_ms"] / s_best_all["p50_ms"]) / (t_best["gflops"] / s_best["gflops"] / 2),
-         "target": ">= 1", "detail": f"speed-up {t_best_all['p50_ms'] / s_best_all['p50_ms']:.1f}x, "
-                                     f"GFLOP ratio {t_best['gflops'] / s_best['gflops']:.1f}x"},
+        {"check": "student (best backend) vs plain base-4 U-Net, eager fp32", "value": mine["vs plain eager"],
+         "target": ">= 8x", "detail": f"{mine['backend']} {mine['ms']:.2f} ms vs {mine['ms'] * mine['vs plain eager']:.2f} ms"},
+        {"check": "student IoU on that backend / teacher IoU (fp32)", "value": mine["keeps"], "target": ">= 0.97",
+         "detail": f"{mine['IoU']:.4f}"},
+        {"check": "teacher/student speed-up (best backends) vs GFLOP ratio / 2", "value": mine["GFLOP check"],
+         "target": ">= 1", "detail": f"speed-up {mine['speed-up']:.1f}x, GFLOP ratio {mine['GFLOP ratio']:.1f}x"},
+        {"check": "the same, fp32 backends only (a CPU without native bf16)", "value": fp32["GFLOP check"],
+         "target": "(>= 1)", "detail": f"speed-up {fp32['speed-up']:.1f}x, GFLOP ratio {fp32['GFLOP ratio']:.1f}x"},
     ]
     for name, group in (("student", [r for r in rows if r["model"] == str(args.student)]),
                         ("classic 31M U-Net", classic_rows)):
@@ -121,7 +215,7 @@ def main() -> None:
             checks.append({"check": f"{m.parent.name} {label}: IoU change vs fp32", "value": r["iou"] - fp32["iou"],
                            "target": "within 0.01", "detail": f"{r['p50_ms']:.2f} ms vs fp32 torch {fp32['p50_ms']:.2f} ms "
                                                               f"({fp32['p50_ms'] / r['p50_ms']:.2f}x)"})
-    common.finish(args.tag, checks, extra={"models": rows, "int8": int8_rows, "classic": classic_rows},
+    common.finish(args.tag, checks, extra={**doc, "students": students},
                   title="Deployment checks (512x512 gray, batch 1)")
 
 

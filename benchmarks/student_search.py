@@ -10,7 +10,9 @@
         --kvasir-teacher runs/kvasir_bench/teacher/model.safetensors [--sets membrane kvasir] \\
         [--budget MINUTES] [--baseline] [--out runs/student_search] [--tag student_search]
 
-Without --budget each search takes its default budget (about twice one full distillation). Prints a
+Without --budget each search takes its default budget (about twice one full distillation). Each set's
+configured student is first distilled once as configured, to time one full distillation (the
+yardstick of the search's time). Prints a
 table (teacher, winner, compression, latency, IoU kept, whether the objective was met, minutes) and
 writes benchmarks/results/TAG.json with every candidate of every search (their search.json).
 """
@@ -40,8 +42,21 @@ SETS: dict[str, dict[str, Any]] = {
 }
 
 
+def recipe_minutes(name: str, teacher: Path, out: Path, threads: int | None) -> float:
+    """Minutes of one full distillation of the set's configured student (the yardstick of the
+    search's time: "within twice one full distillation")."""
+    cmd = [sys.executable, "-m", "segdistill", "distill", *SETS[name]["args"], "--teacher", str(teacher),
+           "--output-dir", str(out), "--name", f"{name}_recipe", "--overwrite", "-q"]
+    cmd += ["--threads", str(threads)] if threads else []
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=common.ROOT)
+    return (time.perf_counter() - t0) / 60
+
+
 def run(name: str, teacher: Path, out: Path, budget: float | None, baseline: bool, threads: int | None) -> dict[str, Any]:
     spec = SETS[name]
+    recipe = recipe_minutes(name, teacher, out, threads)
     cmd = [sys.executable, "-m", "segdistill", "distill", *spec["args"], "--teacher", str(teacher),
            "--search", spec["objective"], "--output-dir", str(out), "--name", name, "--overwrite"]
     cmd += (["--search-budget", f"{budget:g}"] if budget else []) + (["--baseline"] if baseline else [])
@@ -66,6 +81,9 @@ def run(name: str, teacher: Path, out: Path, budget: float | None, baseline: boo
         "configured": f"{search['reference']} {reference[-1]['iou']:.3f}@{reference[-1]['epochs']}ep" if reference else None,
         "candidates": len(search["candidates"]), "runs": len(search["runs"]), "stopped": search["stopped"]["reason"],
         "budget min": round(search["budget_s"] / 60, 1), "minutes": round(minutes, 1),
+        "recipe minutes": round(recipe, 1), "time / recipe": round(minutes / recipe, 2),
+        "configured ms": search["latency"][search["reference"]]["latency_ms"],
+        "as fast as configured": search["latency"][w["name"]]["latency_ms"] <= search["latency"][search["reference"]]["latency_ms"],
     }
     if "test" in spec:
         for who, model in (("teacher", teacher), ("winner", run_dir / "model.safetensors"),

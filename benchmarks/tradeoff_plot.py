@@ -14,10 +14,8 @@ import json
 from pathlib import Path
 
 import common  # noqa: F401  (puts src/ on the path)
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from segdistill.report import tradeoff_figure
 
 
 def label(model: str) -> str:
@@ -36,28 +34,8 @@ def main() -> None:
     doc = json.loads(args.results.read_text(encoding="utf-8"))
     rows = [r for r in doc["models"] + doc.get("int8", []) if r.get("iou") is not None and r.get("p50_ms")
             and "plain_base4" not in r["model"]]  # the speed reference has random weights: no IoU to show
-    teacher = rows[0]["model"]
-    t_iou = next(r["iou"] for r in rows if r["model"] == teacher and r["backend"] == "torch" and r["precision"] == "fp32")
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    markers = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(label(r["model"]), []).append(r)
-    for i, (name, rs) in enumerate(groups.items()):
-        color = f"C{i}"
-        for r in rs:
-            ax.scatter(r["p50_ms"], r["iou"], marker=markers.get(r["backend"], "x"), color=color,
-                       facecolors="none" if r["precision"] == "fp32" else color, s=45)
-        ax.scatter([], [], color=color, marker="o", label=f"{name} (fastest {min(r['p50_ms'] for r in rs):.1f} ms)")
-    ax.axhline(t_iou, color="grey", lw=1)
-    ax.axhline(0.97 * t_iou, color="grey", lw=1, ls="--")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_xscale("log")
-    ax.set_xlabel("latency, ms (512x512, batch 1, log scale)")
-    ax.set_ylabel("membrane validation IoU (on that backend)")
-    ax.set_title("IoU against latency: o torch, s ONNX Runtime, ^ OpenVINO; hollow fp32, filled bf16/int8", fontsize=9)
-    fig.text(0.01, 0.01, doc["machine"]["cpu"][:110], fontsize=6, color="grey")
-    fig.tight_layout()
+    labels = {r["model"]: label(r["model"]) for r in rows}
+    fig = tradeoff_figure(rows, labels, "membrane validation IoU (on that backend)", footnote=doc["machine"]["cpu"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out)
     print(f"plot: {args.out}")

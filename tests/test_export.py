@@ -79,7 +79,7 @@ def test_backend_errors_are_one_line(tiny_model, exported, synth_dir, tmp_path, 
         open_backend(tiny_model, "tensorrt")
 
 
-@pytest.mark.parametrize("shape", [{"stem": "unshuffle"}, {"block": "dwsep"}])
+@pytest.mark.parametrize("shape", [{"stem": "unshuffle"}, {"stem": "unshuffle4"}, {"block": "dwsep"}])
 def test_cpu_shaped_students_export_and_match_eager(tmp_path, shape):
     """The space-to-depth stem (padding multiple 2**(depth+1)) and depthwise-separable blocks
     export, and ONNX Runtime gives eager PyTorch's probabilities at any size."""
@@ -102,7 +102,7 @@ def test_cpu_shaped_students_export_and_match_eager(tmp_path, shape):
     ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
     assert ("DepthToSpace" in ops) == ("stem" in shape)  # the head's PixelShuffle
     backend, _ = open_backend(result.path)
-    assert backend.multiple == (8 if "stem" in shape else 4)  # 2**depth, times 2 for the stem
+    assert backend.multiple == 4 * {"unshuffle": 2, "unshuffle4": 4}.get(shape.get("stem", ""), 1)  # 2**depth x stem
     for size in ((1, 1, 64, 64), (2, 1, 97, 131), (1, 1, 5, 7)):
         x = torch.randn(*size, generator=torch.Generator().manual_seed(2))
         with torch.no_grad():

@@ -97,7 +97,8 @@ def test_dead_units_pass_gradient_only_with_leaky_relu(act):
 # --------------------------------------------------------------------------------------------------
 # CPU-shaped students: the space-to-depth stem and depthwise-separable blocks (docs/deployment.md)
 
-CPU_SHAPES = [{"stem": "unshuffle"}, {"block": "dwsep"}, {"stem": "unshuffle", "block": "dwsep", "up": "bilinear"}]
+CPU_SHAPES = [{"stem": "unshuffle"}, {"stem": "unshuffle4"}, {"block": "dwsep"},
+              {"stem": "unshuffle", "block": "dwsep", "up": "bilinear"}]
 DATA = Path(__file__).parent / "data"
 
 
@@ -111,7 +112,7 @@ def test_cpu_shaped_unet_any_size_and_features(shape, size):
     logits.mean().backward()
     assert all(p.grad is not None for p in m.parameters())
     assert [f.shape[1] for f in feats] == m.feature_channels == [16, 8, 4]
-    stride = 2 if shape.get("stem") == "unshuffle" else 1
+    stride = {"unshuffle": 2, "unshuffle4": 4}.get(shape.get("stem", ""), 1)
     assert m.feature_strides == [4 * stride, 2 * stride, stride]
     padded = [-(-s // m.multiple) * m.multiple for s in size]  # features of the padded input, at their strides
     assert [tuple(f.shape[-2:]) for f in feats] == [(padded[0] // s, padded[1] // s) for s in m.feature_strides]
@@ -121,6 +122,7 @@ def test_the_padding_multiple_comes_from_the_model_args():
     assert input_multiple({"depth": 3}) == 8
     assert input_multiple({"depth": 3, "stem": "none"}) == 8
     assert input_multiple({"depth": 3, "stem": "unshuffle"}) == 16
+    assert input_multiple({"depth": 3, "stem": "unshuffle4"}) == 32
     assert input_multiple({}) == 16  # no depth: counted as 4
     for args in ({"depth": 2}, {"depth": 3, "stem": "unshuffle"}, {"depth": 4, "stem": "unshuffle", "block": "dwsep"}):
         full = resolved_args("unet", **args)

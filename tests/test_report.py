@@ -181,6 +181,38 @@ def test_distill_report_without_labels_uses_the_teacher_as_reference(tiny_model,
     assert "against the teacher's masks" in page and "ground truth" not in page
 
 
+def test_benchmark_of_a_run_folder_puts_the_tradeoff_in_its_report(distilled, tmp_path, monkeypatch):
+    """``segdistill benchmark RUN_DIR``: the teacher, student and twin on each backend, with the IoU
+    each scores on the run's validation images, in speed.json and as the report's Speed section."""
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))
+    assert main(["-q", "benchmark", str(distilled), "--backend", "torch", "--size", "32", "--runs", "2",
+                 "--batch-sizes", "1", "--json", str(tmp_path / "copy.json")]) == 0
+    doc = json.loads((distilled / "speed.json").read_text(encoding="utf-8"))
+    assert list(doc["labels"].values()) == ["teacher", "student", "student, labels only"]
+    assert json.loads((tmp_path / "copy.json").read_text(encoding="utf-8")) == doc
+    report = json.loads((distilled / "distill_report.json").read_text(encoding="utf-8"))
+    student = str(distilled / "model.safetensors")
+    fp32 = next(e for e in doc["entries"] if e["model"] == student and e["precision"] == "fp32" and not e["channels_last"])
+    # the same validation images as the distillation scored: the same IoU
+    assert fp32["iou"] == pytest.approx(report["student"]["val_iou"], abs=1e-4)
+    assert all(e["iou"] is not None for e in doc["entries"] if e["p50_ms"] is not None)
+    page = (distilled / "report.html").read_text(encoding="utf-8")
+    speed = page[page.index('<section id="speed">'):]
+    speed = speed[:speed.index("</section>")]
+    assert "data:image/png;base64," in speed and "student, labels only" in speed and "IoU against latency" in speed
+
+
+def test_benchmark_of_a_run_folder_without_its_teacher_names_the_file(distilled, tmp_path, capsys):
+    run = tmp_path / "moved"
+    shutil.copytree(distilled, run)
+    cfg = (run / "config.yaml").read_text(encoding="utf-8")
+    teacher = re.search(r"teacher: (.+)", cfg).group(1).strip()
+    (run / "config.yaml").write_text(cfg.replace(teacher, str(tmp_path / "gone.safetensors")), encoding="utf-8")
+    assert main(["-q", "benchmark", str(run), "--backend", "torch", "--size", "32", "--runs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone.safetensors" in err[0] and "missing" in err[0]
+
+
 # In a browser -----------------------------------------------------------------------------------------
 
 
@@ -209,6 +241,9 @@ def test_the_report_renders_in_a_browser_without_console_errors(distilled, tmp_p
                       "<script>undefinedFunction()</script></body></html>")
     rc, console = _open(broken, 390, tmp_path / "broken.png", tmp_path / "profile")
     assert rc == 0 and any("Uncaught" in line for line in console) and any("Content Security Policy" in line for line in console)
+    # with every section a run's report can have (the speed section of `segdistill benchmark RUN_DIR`)
+    assert main(["-q", "benchmark", str(distilled), "--backend", "torch", "--size", "32", "--runs", "2",
+                 "--batch-sizes", "1"]) == 0
     for width in (1280, 390):  # a laptop and a phone
         shot = tmp_path / f"report-{width}.png"
         rc, console = _open(distilled / "report.html", width, shot, tmp_path / "profile")

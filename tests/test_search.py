@@ -124,10 +124,10 @@ def test_grid_designs_only_where_the_model_has_them():
     assert all(a["norm"] == "batch" for a in plain)
     assert next(a for a in plain if candidate_name(a) == "b2d4")["act"] == "leaky_relu"  # 2 channels: leaky
     both = candidate_grid(ref, ["base", "depth", "stem", "block"])
-    assert {"b8d3-us", "b8d3-dw", "b8d3-us-dw"} <= {candidate_name(a) for a in both}
+    assert {"b8d3-us", "b8d3-us4", "b8d3-dw", "b8d3-us-dw"} <= {candidate_name(a) for a in both}
     assert not any(candidate_name(a) == "b2d3-us" for a in both)  # designs from width 4
-    assert [search.design_name(a) for a in ({}, {"stem": "unshuffle"}, {"block": "dwsep", "stem": "unshuffle"})] == \
-        ["plain", "us", "us-dw"]
+    assert [search.design_name(a) for a in ({}, {"stem": "unshuffle"}, {"stem": "unshuffle4"},
+                                            {"block": "dwsep", "stem": "unshuffle"})] == ["plain", "us", "us4", "us-dw"]
 
 
 def test_spread_covers_the_range_from_the_first():
@@ -215,6 +215,9 @@ def test_search_end_to_end_without_teacher_passes_after_the_cache(teacher, synth
         assert {"params", "GFLOPs", "latency_ms", "iou", "epochs"} <= set(r)
     assert any(r["note"].startswith("winner") for r in s["candidates"])
     assert (run / "search_pareto.png").stat().st_size > 1000 and (run / "search.md").is_file()
+    page = (run / "report.html").read_text(encoding="utf-8")  # the HTML report has the search: plot and table
+    search_part = page[page.index('<section id="search">'):]
+    assert "data:image/png;base64," in search_part and all(c in search_part for c in d["candidates"])
     assert s["baseline_labels_only"]["val_iou"] is not None and (run / "baseline" / "model.safetensors").is_file()
     # Done runs say so on --resume, and the candidates' training states are gone.
     assert main(["-q", "distill", "--resume", str(run)]) == 0

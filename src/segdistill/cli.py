@@ -178,6 +178,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     set_threads(args.threads or "auto")
+    run_dir = Path(args.models[0])
+    if len(args.models) == 1 and (run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file():
+        from .deploy.speed import benchmark_run
+
+        benchmark_run(run_dir, backend=args.backend, size=args.size, batch_sizes=args.batch_sizes, runs=args.runs,
+                      data=args.data, json_out=args.json)
+        return 0
     benchmark_models([_model_file(m) for m in args.models], backend=args.backend, size=args.size,
                      batch_sizes=args.batch_sizes, runs=args.runs, json_out=args.json, data=args.data)
     return 0
@@ -475,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("benchmark", help="how fast models run here: latency, throughput, memory, GFLOP/s per backend")
     p.add_argument("models", nargs="+", help="model files (.safetensors, .onnx, run folders); the first is the "
-                                             "reference for speed-ups (e.g. the teacher, then its students)")
+                                             "reference for speed-ups (e.g. the teacher, then its students). One run "
+                                             "folder alone: its models (a distillation's teacher, student and twin), "
+                                             "IoU on its data, saved as RUN/speed.json and in its report.html")
     p.add_argument("--backend", choices=["all", "auto", "torch", "onnxruntime", "openvino"], default="all",
                    help="all (default): every installed backend and precision, marking what auto picks")
     p.add_argument("--size", type=int, nargs="+", default=None, metavar="PX",
@@ -483,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8], metavar="B",
                    help="batch sizes tried for throughput (default 1 2 4 8)")
     p.add_argument("--runs", type=int, default=20, help="timed runs per backend at batch 1 (default 20)")
-    p.add_argument("--data", help="labelled data: also each backend's IoU on it (evaluate)")
+    p.add_argument("--data", help="labelled data: also each backend's IoU on it (evaluate; default for a run "
+                                  "folder: its labelled data)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     _add_threads_arg(p)
     p.set_defaults(fn=cmd_benchmark)

@@ -103,6 +103,10 @@ def write_run_report(run_dir: str | Path, device: str = "auto") -> Path:
                     Section("thresholds", "Thresholds", _missing("sweep.csv", "no validation was scored")))
     models = _run_models(run_dir, cfg, distill) if info is not None else []
     sections += image_sections(per_image, models, device, info.preprocess.invert if info else False)
+    if distill and distill.get("search"):
+        sections.append(_search_section(run_dir, distill["search"]))
+    if (run_dir / SPEED_JSON).is_file():
+        sections.append(speed_section(run_dir / SPEED_JSON))
     sections.append(_run_card(run_dir, cfg, info, distill, sweep))
     kind = "distillation" if distill else "training run"
     page = render_page(f"{run_dir.name}: {kind} report", f"{run_dir.resolve()}", sections)
@@ -175,6 +179,47 @@ def _curves(run_dir: Path) -> Section:
     history = [{k: _number(v) for k, v in r.items()} for r in rows]
     figs = curve_panels(history)
     return Section("curves", "Training curves", figures(figs, ["loss per epoch", "validation IoU and Dice per epoch"]))
+
+
+def _search_section(run_dir: Path, search: dict[str, Any]) -> Section:
+    """The student search (engine/search.py): its Pareto plot and every candidate."""
+    from .engine.search_report import pareto_figure
+
+    d = _read_json(run_dir / "search.json")
+    rows = search.get("candidates", [])
+    note = (f"<p>Objective {html.escape(str(search.get('objective')))}: winner <b>{html.escape(str(search.get('winner')))}</b>, "
+            f"{'meets' if search.get('meets') else 'does not meet'} it; latency {html.escape(str(search['latency']['how']))} "
+            f"at {search['latency']['size'][0]}x{search['latency']['size'][1]}. Search stopped: "
+            f"{html.escape(str(search.get('stopped') or 'done'))}.</p>")
+    fig = figures([pareto_figure(d, rows)], ["IoU against latency of every candidate; the Pareto front"]) if d else \
+        _missing("search.json", "the search's record is gone")
+    shown = [{**r, "params": f"{r['params'] / 1e6:.3f}M"} for r in rows]
+    return Section("search", "Student search", note + fig + table(shown))
+
+
+SPEED_JSON = "speed.json"
+"""What ``segdistill benchmark RUN_DIR`` leaves in a run folder (the report's Speed section)."""
+
+
+def speed_section(path: Path) -> Section:
+    """``segdistill benchmark`` results (speed.json): IoU against latency, one point per model and
+    backend/precision, and the table."""
+    from .report import tradeoff_figure
+
+    doc = _read_json(path) or {}
+    rows, machine = doc.get("entries", []), doc.get("machine", {})
+    names = doc.get("labels") or {r["model"]: Path(r["model"]).name for r in rows}
+    parts = [f"<p>Measured by <code>segdistill benchmark</code> on {html.escape(str(machine.get('cpu', 'this machine')))}, "
+             f"{machine.get('threads', '?')} thread(s). Each backend's IoU is on the validation images.</p>"]
+    if any(r.get("iou") is not None for r in rows):
+        parts.append(figures([tradeoff_figure(rows, names, "validation IoU (on that backend and precision)")],
+                             ["IoU against latency, one point per model, backend and precision"]))
+    shown = [{"model": names.get(r["model"], r["model"]),
+              "backend": r["backend"] + (", channels-last" if r.get("channels_last") else ""), "precision": r["precision"],
+              "p50 ms": r.get("p50_ms"), "p95 ms": r.get("p95_ms"), "GFLOP/s": r.get("gflops_per_s"),
+              "IoU": r.get("iou"), "auto picks": "yes" if r.get("chosen") else "", "note": r.get("error") or ""}
+             for r in rows]
+    return Section("speed", "Speed on this machine", "".join(parts) + table(shown))
 
 
 def _run_card(run_dir: Path, cfg: Any, info: ModelInfo | None, distill: dict[str, Any] | None,

@@ -61,7 +61,7 @@ def plot_curves(path: str | Path, history: list[dict[str, Any]], title: str = ""
 
 def curves_figure(history: list[dict[str, Any]], title: str = "") -> Any:
     """The matplotlib figure of :func:`plot_curves` (close it with ``plt.close``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     draw_loss(ax1, history)
     draw_scores(ax2, history)
@@ -74,7 +74,7 @@ def curves_figure(history: list[dict[str, Any]], title: str = "") -> Any:
 def curve_panels(history: list[dict[str, Any]]) -> list[Any]:
     """The two plots of :func:`curves_figure` as figures of their own (report.html sets them side
     by side on a wide screen, one above the other on a phone)."""
-    plt = _pyplot()
+    plt = pyplot()
     figs = []
     for draw in (draw_loss, draw_scores):
         fig, ax = plt.subplots(figsize=(4.2, 3.1))
@@ -84,7 +84,7 @@ def curve_panels(history: list[dict[str, Any]]) -> list[Any]:
     return figs
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,7 +131,7 @@ def threshold_panels(thresholds: list[float], iou: list[float], precision: list[
     """Two figures from a threshold sweep: the precision-recall curve, and IoU (with precision and
     recall) against the threshold; ``current`` (the model's threshold) and ``best`` (the highest
     IoU) marked on both."""
-    plt = _pyplot()
+    plt = pyplot()
     at = {name: min(range(len(thresholds)), key=lambda i: abs(thresholds[i] - t)) for name, t in
           (("current", current), ("best", best))}
     pr, ax = plt.subplots(figsize=(4.2, 3.1))
@@ -153,6 +153,45 @@ def threshold_panels(thresholds: list[float], iou: list[float], precision: list[
     ax.grid(alpha=0.3)
     curve.tight_layout()
     return [pr, curve]
+
+
+BACKEND_MARKERS = {"torch": "o", "onnxruntime": "s", "openvino": "^"}
+
+
+def tradeoff_figure(rows: list[dict[str, Any]], labels: dict[str, str], ylabel: str, keep: float | None = 0.97,
+                    footnote: str = "") -> Any:
+    """IoU against latency (log scale): one point per model and backend/precision (``rows``: entries
+    of ``segdistill benchmark --json`` that carry an ``iou``), hollow for fp32, filled for bf16/int8,
+    one colour per name (``labels``: model path -> legend name, in legend order). The first model's
+    torch fp32 IoU (the teacher's) is drawn as a line and ``keep`` of it dashed."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    shown = [r for r in rows if r.get("iou") is not None and r.get("p50_ms") and r["model"] in labels]
+    for i, name in enumerate(dict.fromkeys(labels.values())):  # files of one name (a model, its int8 export): one colour
+        mine = [r for r in shown if labels[r["model"]] == name]
+        if not mine:
+            continue
+        for r in mine:
+            ax.scatter(r["p50_ms"], r["iou"], marker=BACKEND_MARKERS.get(r["backend"], "x"), color=f"C{i}", s=45,
+                       facecolors="none" if r["precision"] == "fp32" else f"C{i}")
+        ax.scatter([], [], color=f"C{i}", marker="o", label=f"{name} (fastest {min(r['p50_ms'] for r in mine):.1f} ms)")
+    first = next(iter(labels), None)
+    ref = next((r["iou"] for r in shown if r["model"] == first and r["backend"] == "torch" and r["precision"] == "fp32"), None)
+    if ref is not None:
+        ax.axhline(ref, color="grey", lw=1)
+        if keep:
+            ax.axhline(keep * ref, color="grey", lw=1, ls="--", label=f"{keep:.0%} of {labels[first]}")  # type: ignore[index]
+    size = next((r["size"] for r in shown), None)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, ms (batch 1" + (f", {size[0]}x{size[1]}" if size else "") + ", log scale)")
+    ax.set_ylabel(ylabel)
+    ax.set_title("o torch, s ONNX Runtime, ^ OpenVINO; hollow fp32, filled bf16/int8", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if footnote:
+        fig.text(0.01, 0.01, footnote[:120], fontsize=6, color="grey")
+    fig.tight_layout()
+    return fig
 
 
 def _f(v: Any) -> float:

@@ -11,6 +11,7 @@ one ``--backend auto`` would pick is marked. The first model is the reference fo
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from ..benchmark import count_params
 from ..checkpoint import ModelInfo, read_model_info
+from ..errors import SegdistillError
 from ..fileio import write_json
 from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
 from ..inference.choose import Timing, cache_key, choose, measure, remember
@@ -124,9 +126,10 @@ def _iou(path: Path, data: str, choice: Choice, cache: dict[tuple[str, str], flo
 
 def benchmark_models(models: list[str | Path], backend: str = "all", size: list[int] | None = None,
                      batch_sizes: list[int] | None = None, runs: int = 20, json_out: str | Path | None = None,
-                     data: str | None = None) -> list[dict[str, Any]]:
+                     data: str | None = None, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Time every model on every installed backend and precision (``backend``: all, auto, or one
-    backend's precisions); returns the rows (also printed, and written to ``json_out``)."""
+    backend's precisions); returns the rows (also printed, and written to ``json_out`` with
+    ``extra``'s keys beside them)."""
     batch_sizes = batch_sizes or [1, 2, 4, 8]
     features = cpu_features()
     peak_fp32 = matmul_gflops()
@@ -176,7 +179,48 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
     if json_out:
         write_json(json_out, {"machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(), **features,
                                           "matmul_gflops_fp32": peak_fp32, "matmul_gflops_bf16": peak_bf16},
-                              "entries": rows})
+                              "entries": rows, **(extra or {})})
+    return rows
+
+
+def run_models(run_dir: Path) -> dict[str, str]:
+    """The models of a run folder, path -> name: a distillation's teacher, student and labels-only
+    twin (the teacher first, the reference for speed-ups); a training run's model."""
+    from ..config import load_config
+
+    distilled = (run_dir / "distill_report.json").is_file()
+    models = {}
+    if distilled:
+        models[str(load_config(run_dir / "config.yaml").distill.teacher)] = "teacher"
+    models[str(run_dir / "model.safetensors")] = "student" if distilled else run_dir.name
+    if (run_dir / "baseline" / "model.safetensors").is_file():
+        models[str(run_dir / "baseline" / "model.safetensors")] = "student, labels only"
+    return models
+
+
+def benchmark_run(run_dir: str | Path, backend: str = "all", size: list[int] | None = None,
+                  batch_sizes: list[int] | None = None, runs: int = 20, data: str | None = None,
+                  json_out: str | Path | None = None) -> list[dict[str, Any]]:
+    """``segdistill benchmark RUN_DIR``: the run's models (:func:`run_models`) on every backend,
+    each backend's IoU on the run's labelled data (``data``: other labelled data), written to
+    RUN_DIR/speed.json, and the run's report.html rebuilt with the Speed section (IoU against
+    latency, the trade-off a deployment chooses on)."""
+    from ..config import load_config
+    from ..html_report import SPEED_JSON, write_run_report
+
+    run_dir = Path(run_dir)
+    models = run_models(run_dir)
+    missing = [m for m in models if not Path(m).is_file()]
+    if missing:
+        raise SegdistillError(f"{run_dir}: model file {missing[0]} is missing")
+    data = data or load_config(run_dir / "config.yaml").data.root
+    if data is None:
+        log.info("%s has no labelled data: latency only (--data DIR adds each backend's IoU)", run_dir)
+    rows = benchmark_models(list(models), backend, size, batch_sizes, runs, run_dir / SPEED_JSON,
+                            str(data) if data else None, extra={"labels": models})
+    if json_out:
+        shutil.copyfile(run_dir / SPEED_JSON, json_out)
+    log.info("report with the speed section: %s", write_run_report(run_dir))
     return rows
 
 

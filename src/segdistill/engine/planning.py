@@ -62,7 +62,7 @@ def _apply(cfg: Config, fp: Fingerprint, plan: Plan, model: str, skip: set[str])
     stem_levels = int(math.log2(STEM_SCALE.get(str(spec.args.get("stem", "none")), 1)))
     if stem_levels and f"{model}.args.depth" in settings:  # the plan's depth counts every halving of the resolution
         depth, why = settings[f"{model}.args.depth"]
-        settings[f"{model}.args.depth"] = (max(1, depth - stem_levels), f"{why}; the space-to-depth stem is one halving")
+        settings[f"{model}.args.depth"] = (max(1, depth - stem_levels), f"{why}; the space-to-depth stem is {'one halving' if stem_levels == 1 else f'{stem_levels} halvings'}")
     given = given_keys(cfg)
     if spec.name != "unet":
         given |= {f"{model}.args.base", f"{model}.args.depth"}  # the unet's arguments

@@ -163,13 +163,14 @@ def pick_winner(scores: list[Score], objective: Objective, reference_iou: float)
 
 
 def candidate_name(args: dict[str, Any]) -> str:
-    """``b4d3``; ``-us`` with the space-to-depth stem, ``-dw`` with depthwise-separable blocks."""
-    return (f"b{args.get('base', 32)}d{args.get('depth', 4)}" + ("-us" if args.get("stem", "none") != "none" else "")
+    """``b4d3``; ``-us`` with the space-to-depth stem (``-us4`` by 4), ``-dw`` with depthwise-separable blocks."""
+    stem = str(args.get("stem", "none"))
+    return (f"b{args.get('base', 32)}d{args.get('depth', 4)}" + {"none": "", "unshuffle": "-us"}.get(stem, "-us" + stem[9:])
             + ("-dw" if args.get("block", "conv") != "conv" else ""))
 
 
 def design_name(args: dict[str, Any]) -> str:
-    """The block/stem design of ``args``: plain, us, dw or us-dw (as in :func:`candidate_name`)."""
+    """The block/stem design of ``args``: plain, us, us4, dw or us-dw (as in :func:`candidate_name`)."""
     return candidate_name({**args, "base": 0, "depth": 0})[4:].lstrip("-") or "plain"
 
 
@@ -177,7 +178,9 @@ def designs(signature: Collection[str]) -> list[dict[str, str]]:
     """The block/stem designs the ``unet`` family offers (``signature``: its argument names)."""
     out: list[dict[str, str]] = [{}]
     if "stem" in signature:
-        out.append({"stem": "unshuffle"})
+        # By 2 and by 4: the smallest students are fastest at half resolution, wider ones at a quarter
+        # (docs/benchmarks.md, "Deployment and speed").
+        out += [{"stem": "unshuffle"}, {"stem": "unshuffle4"}]
     if "block" in signature:
         out.append({"block": "dwsep"})
     if "stem" in signature and "block" in signature:

@@ -52,14 +52,22 @@ def _row(name: str, g: dict[str, Any], lat: dict[str, Any], iou: float | None, t
 
 
 def plot_pareto(path: Path, d: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    """IoU against latency (log scale) for every candidate, coloured by the epochs it got; the front
-    as a step line, the winner after its full distillation as a star, the teacher and the objective
-    as lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """:func:`pareto_figure` saved as a PNG."""
     import matplotlib.pyplot as plt
 
+    fig = pareto_figure(d, rows)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def pareto_figure(d: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
+    """IoU against latency (log scale) for every candidate, coloured by the epochs it got; the front
+    as a step line, the winner after its full distillation as a star, the teacher and the objective
+    as lines. ``d``: search.json; ``rows``: :func:`candidate_rows`."""
+    from ..report import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     tried = [r for r in rows if r["iou"] is not None and r["rung"] is not None]
     by_epochs = sorted({r["epochs"] for r in tried})
@@ -90,9 +98,7 @@ def plot_pareto(path: Path, d: dict[str, Any], rows: list[dict[str, Any]]) -> No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    return fig
 
 
 def write_search_report(run_dir: Path, d: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +124,10 @@ def write_search_report(run_dir: Path, d: dict[str, Any], report: dict[str, Any]
     shown = [{**r, "params": f"{r['params'] / 1e6:.3f}M"} for r in rows]
     log.info("%s\nsearch report: %s, %s", format_table(shown, title=f"\nStudent search {d['objective']} ({d['validation']})"),
              run_dir / "search.md", run_dir / "search_pareto.png")
+    if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
+        from ..html_report import write_run_report
+
+        log.info("report: %s", write_run_report(run_dir))
     return report
 
 

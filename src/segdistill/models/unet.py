@@ -28,8 +28,8 @@ from .registry import register_model
 KERAS_BN_EPS = 1e-3
 """Keras' BatchNormalization epsilon (PyTorch's default is 1e-5)."""
 
-Stem = Literal["none", "unshuffle"]
-STEM_SCALE = {"none": 1, "unshuffle": 2}
+Stem = Literal["none", "unshuffle", "unshuffle4"]
+STEM_SCALE = {"none": 1, "unshuffle": 2, "unshuffle4": 4}
 """How much each stem shrinks the image before the first level."""
 
 
@@ -43,7 +43,8 @@ class UNetSpec:
     dropout: float = 0.0
     act: Act = "relu"
     stem: Stem = "none"
-    """``unshuffle``: space-to-depth by 2 first, the network at half resolution (module docstring)."""
+    """``unshuffle``: space-to-depth by 2 first, the network at half resolution (module docstring);
+    ``unshuffle4``: by 4, at a quarter."""
     block: Block = "conv"
     """``dwsep``: depthwise-separable 3x3 convolutions (the very first one stays full)."""
 
