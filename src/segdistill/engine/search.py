@@ -67,6 +67,11 @@ BASES = (2, 3, 4, 6, 8, 12, 16, 24, 32)
 DEPTHS = (2, 3, 4, 5)
 SHRINK = (2, 1000)
 """Candidates have between 2x and 1000x fewer parameters than the teacher."""
+MAX_LATENCY_SHARE = 0.5
+"""Candidates run at most this share of the teacher's latency (a quick torch timing): a student
+slower than half its teacher is no reason to distil (the configured student always stays)."""
+MIN_GRID = 8
+"""... but never fewer than this many (the fastest) are left to choose from."""
 MAX_CANDIDATES = 16
 MIN_RUNG_EPOCHS = 2
 COPIED = ("norm", "up", "act", "dropout")
@@ -245,16 +250,38 @@ def schedule_cost(rungs: list[Rung]) -> int:
     return sum(r.candidates * r.epochs for r in rungs)
 
 
+def fast_enough(grid: list[dict[str, Any]], teacher_ms: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(kept, left out) of ``grid`` (entries with ``latency_ms``): those at most
+    :data:`MAX_LATENCY_SHARE` of the teacher's latency, or the :data:`MIN_GRID` fastest when fewer
+    are (a small teacher is bound by per-layer overhead like its students); in the grid's order."""
+    limit = MAX_LATENCY_SHARE * teacher_ms
+    fastest = {g["name"] for g in sorted(grid, key=lambda g: g["latency_ms"])[:MIN_GRID]}
+    keep = [g for g in grid if g["latency_ms"] <= limit or g["name"] in fastest]
+    if sum(g["latency_ms"] <= limit for g in grid) >= MIN_GRID:
+        keep = [g for g in grid if g["latency_ms"] <= limit]
+    return keep, [g for g in grid if g not in keep]
+
+
+def cost_ratio(latency_ms: float, reference_ms: float) -> float:
+    """How much longer an epoch of a candidate is expected to take than one of the configured
+    student, from their quick latencies: proportional above it, never below half (an epoch also
+    loads, augments and validates, whatever the model)."""
+    return max(0.5, latency_ms / reference_ms)
+
+
+def weighted_cost(ratios: list[float], full_epochs: int) -> float:
+    """Epochs (of the configured student) the rungs of candidates with these cost ratios take, in
+    the order the search would promote them not known in advance: rung 1 runs every one, each later
+    rung its share of them at their mean ratio."""
+    rungs = halving_schedule(len(ratios), full_epochs)
+    mean = sum(ratios) / len(ratios)
+    return rungs[0].epochs * sum(ratios) + sum(r.candidates * r.epochs * mean for r in rungs[1:])
+
+
 def default_budget_s(full_epochs: int, epoch_s: float, setup_s: float) -> float:
     """The default budget: about twice one full distillation (``full_epochs`` of ``epoch_s``),
     besides the search's one-time setup (``setup_s``: filling the target cache, timing the grid)."""
     return setup_s + 2 * full_epochs * epoch_s
-
-
-def affordable(available_epochs: float, full_epochs: int, most: int) -> int:
-    """The most candidates (at most ``most``, at least 1) whose rungs take no more than
-    ``available_epochs`` epochs of the configured student."""
-    return max([1] + [n for n in range(1, most + 1) if schedule_cost(halving_schedule(n, full_epochs)) <= available_epochs])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,10 +317,22 @@ class _Book:
         return {r["name"]: r for r in self.data["runs"] if r["rung"] == rung}
 
     def epoch_s(self, name: str) -> float:
-        """Seconds an epoch of ``name`` took (its latest run); before it ran, the slowest epoch
-        measured so far (the configured student's, at first): a budget is kept by overestimates."""
+        """Seconds an epoch of ``name`` took (its latest run); before it ran, the configured
+        student's epoch scaled by :func:`cost_ratio` (a student 10x slower to run is about 10x slower
+        to train; one the size of the first has an epoch as long)."""
         mine = [r["epoch_s"] for r in self.data["runs"] if r["name"] == name]
-        return float(mine[-1] if mine else max(r["epoch_s"] for r in self.data["runs"]))
+        if mine:
+            return float(mine[-1])
+        return self._predicted(name) * max([1.0] + [r["epoch_s"] / self._predicted(r["name"]) for r in self.data["runs"]])
+
+    def _predicted(self, name: str) -> float:
+        """An epoch of ``name`` from the configured student's and the quick timings (the estimate
+        above, before it learns from the runs how far off such estimates were: the worst miss
+        so far scales every estimate up, so a budget is kept by overestimates)."""
+        ref = self.data["reference"]
+        t_ref = next(r["epoch_s"] for r in self.data["runs"] if r["name"] == ref)
+        grid = {g["name"]: g for g in self.data["grid"]}
+        return t_ref * cost_ratio(grid[name]["latency_ms"], grid[ref]["latency_ms"])
 
     def score(self, run: dict[str, Any]) -> Score:
         return Score(run["name"], float(run["iou"]), float(self.data["latency"][run["name"]]["latency_ms"]))
@@ -412,7 +451,15 @@ def _grid(cfg: Config, book: _Book) -> None:
                        + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, [Choice("torch", "fp32", True)], runs=3)
     for g in grid:
         g.update(quick[g["name"]])
-    book.data["teacher"].update(params=teacher_params, gflops=quick["teacher"]["gflops"])
+    kept, slow = fast_enough(grid[1:], quick["teacher"]["latency_ms"])
+    grid = [grid[0]] + kept
+    if slow:
+        log.info("search: %d of them left out, slower than %.0f%% of the teacher (%.1f ms here): %s", len(slow),
+                 100 * MAX_LATENCY_SHARE, quick["teacher"]["latency_ms"],
+                 ", ".join(g["name"] for g in slow[:8]) + (" ..." if len(slow) > 8 else ""))
+    book.data["left_out"] = [{"name": g["name"], "latency_ms": g["latency_ms"]} for g in slow]
+    book.data["teacher"].update(params=teacher_params, gflops=quick["teacher"]["gflops"],
+                                quick_latency_ms=quick["teacher"]["latency_ms"])
     book.data.update(grid=grid, reference=grid[0]["name"], size=list(size), size_from=size_from,
                      full_epochs=cfg.train.epochs)
     book.save()
@@ -474,11 +521,14 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
                     "search goes on with the fastest", objective, fastest["name"], fastest["latency_ms"])
         eligible, first = [fastest], [d["reference"], fastest["name"]]
     available = (d["budget_s"] - book.spent - full * t_ref) / t_ref + first_epochs(full)  # in epochs of the reference
-    n = affordable(available, full, min(MAX_CANDIDATES, len(set(g["name"] for g in eligible) | {d["reference"]})))
+    most = min(MAX_CANDIDATES, len(set(g["name"] for g in eligible) | {d["reference"]}))
     design = sorted({design_name(g["args"]) for g in d["grid"]})
     points = {g["name"]: (math.log(g["latency_ms"]), math.log(g["params"]), *(float(design_name(g["args"]) == x) for x in design))
               for g in eligible + [grid[d["reference"]]]}
-    chosen = spread(points, max(n, len(set(first))), first)
+    order = spread(points, most, first)  # farthest-point order: every prefix covers the grid
+    ratios = [cost_ratio(grid[c]["latency_ms"], grid[d["reference"]]["latency_ms"]) for c in order]
+    n = max([len(set(first))] + [k for k in range(1, len(order) + 1) if weighted_cost(ratios[:k], full) <= available])
+    chosen = order[:n]
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
     ch, size = tinfo.preprocess.in_channels, tuple(d["size"])
     log.info("timing the %d candidates and the teacher on %s ...", len(chosen), ", ".join(c.label() for c in _latency_choices()))
@@ -512,7 +562,10 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
     for k, rung in enumerate(d["rungs"]):
         if k > 0:
             members = promote([book.score(r) for r in book.runs(k - 1).values()], rung["candidates"], objective)
-        reserve = full * max(book.epoch_s(m) for m in members)
+        # Kept back for the winner: one full distillation of the configured student, as the default
+        # budget counts it (a slower winner's distillation is fitted to what is left, _final), and
+        # at least a quarter of one of the slowest member's.
+        reserve = max(full * book.epoch_s(d["reference"]), max(1, full // 4) * max(book.epoch_s(m) for m in members))
         for i, name in enumerate(members):
             if name in book.runs(k):
                 continue
@@ -601,13 +654,14 @@ def _pick(book: _Book, objective: Objective) -> None:
     """The winner, from the last full rung: for ``keep``, the fastest keeping the share of the
     teacher's IoU; when none does yet after so few epochs, the share of the best IoU of the rung
     (that student standing in for the teacher after a full distillation). Only candidates an epoch
-    of which fits in what is left of the budget can win (all when none does)."""
+    of which fits in what is left of the budget can win (the quickest to distil when none does)."""
     d = book.data
     k, left = last_full_rung(book, objective), d["budget_s"] - book.spent
     scores = [book.score(r) for r in book.runs(k).values()]
-    fits = [s for s in scores if book.epoch_s(s.name) <= left]
+    fits = [s for s in scores if book.epoch_s(s.name) <= left] or \
+        [min(scores, key=lambda s: book.epoch_s(s.name))]  # none: the quickest to distil
     scores, note = (fits, f"; among those an epoch of which fits in the {format_duration(left)} left") \
-        if fits and len(fits) < len(scores) else (scores, "")
+        if len(fits) < len(scores) else (scores, "")
     pick, rule = pick_winner(scores, objective, d["teacher"]["val_iou"]), "the objective on the teacher's IoU"
     if objective.kind == "keep" and not pick.meets:
         best = max(s.iou for s in scores)
