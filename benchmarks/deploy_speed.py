@@ -97,8 +97,11 @@ def int8_of(rows: list[dict[str, Any]], model: str) -> set[str]:
     return {r["model"] for r in rows if Path(r["model"]).name == name}
 
 
+Timings = dict[tuple[str, str, str, bool], float]
+
+
 def student_rows(rows: list[dict[str, Any]], teacher: set[str], students: dict[str, set[str]], t_iou: float,
-                 plain_ms: float, ms: dict[tuple[str, str, str, bool], float]) -> list[dict[str, Any]]:
+                 plain_ms: float, ms: dict[str, Timings]) -> list[dict[str, Any]]:
     """Every student (name -> its files: the model and its int8 export) against the teacher (its
     files), on the best backend of this machine and on the best fp32 one: latency (``ms``: the
     interleaved timings, else the row's own), the share of the teacher's fp32 IoU kept on that
@@ -109,7 +112,9 @@ def student_rows(rows: list[dict[str, Any]], teacher: set[str], students: dict[s
             t, st = fastest(rows, teacher, fp32), fastest(rows, files, fp32)
             if t is None or st is None:
                 continue
-            t_ms, s_ms, ratio = ms.get(key(t), t["p50_ms"]), ms.get(key(st), st["p50_ms"]), t["gflops"] / st["gflops"]
+            mine = ms.get(name, {})
+            t_ms, s_ms, ratio = mine.get(key(t), t["p50_ms"]), mine.get(key(st), st["p50_ms"]), t["gflops"] / st["gflops"]
+            plain_ms = mine.get(("plain",), plain_ms)  # type: ignore[call-overload]
             out.append({"student": name, "on": label, "params": st["params"], "GFLOPs": st["gflops"],
                         "backend": f"{st['backend']} {st['precision']}", "ms": s_ms, "teacher ms": t_ms,
                         "IoU": st.get("iou"), "keeps": st["iou"] / t_iou if st.get("iou") is not None else None,
@@ -132,13 +137,23 @@ def print_students(doc: dict[str, Any], rounds: int) -> list[dict[str, Any]]:
         return {m} | int8_of(rows, m)
 
     plain_row = row_of(rows, Path(plain), "torch", "fp32", cl=False)
-    chosen = [plain_row] + [r for m in [teacher, *students] for fp32 in (False, True)
-                            if (r := fastest(rows, files(m), fp32)) is not None]
-    ms = interleaved(chosen, rounds) if rounds else {}
+    ms: dict[str, Timings] = {}
+    for m in students if rounds else []:
+        # One session per student and kind: the teacher's and the student's fastest way (any
+        # precision, with the plain reference in eager fp32; then fp32 only), nothing else loaded,
+        # as a deployment would run them (idle runtimes of other models would share the cores).
+        mine: Timings = {}
+        for fp32 in (False, True):
+            chosen = [r for r in (fastest(rows, files(teacher), fp32), fastest(rows, files(m), fp32)) if r is not None]
+            got = interleaved(chosen + ([] if fp32 else [plain_row]), rounds)
+            mine.update(got)
+            if not fp32:
+                mine[("plain",)] = got[key(plain_row)]  # type: ignore[index]
+        ms[Path(m).parent.name] = mine
     t_iou = row_of(rows, Path(teacher), "torch", "fp32", cl=False)["iou"]
     out = student_rows(rows, files(teacher), {Path(m).parent.name: files(m) for m in students}, t_iou,
-                       ms.get(key(plain_row), plain_row["p50_ms"]), ms)
-    how = f"timed again in {rounds} interleaved rounds" if rounds else "the benchmark's timings"
+                       plain_row["p50_ms"], ms)
+    how = f"timed again, {rounds} interleaved rounds with each student" if rounds else "the benchmark's timings"
     print(format_table(out, title=f"\nStudents against the teacher ({how}; the GFLOP check: speed-up / half the GFLOP "
                                   "ratio, >= 1 meets it)"))
     return out

@@ -46,13 +46,16 @@ from segdistill.models import create_model, resolved_args
 DESIGNS: dict[str, dict[str, Any]] = {
     # The reference: plain base 4, 4 levels, transposed-convolution up-sampling (122K).
     "reference_b4d4": {"base": 4, "depth": 4},
-    # Today's membrane student (configs/membrane_distill.yaml, 30.5K).
+    # The first membrane student (30.5K).
     "plain_b4d3": {"base": 4, "depth": 3},
     # Space-to-depth stem: the whole network at half resolution.
     "unshuffle_b4d3": {"base": 4, "depth": 3, "stem": "unshuffle"},
     "unshuffle_b4d4": {"base": 4, "depth": 4, "stem": "unshuffle"},
     "unshuffle_b6d3": {"base": 6, "depth": 3, "stem": "unshuffle"},
     "unshuffle_b8d3": {"base": 8, "depth": 3, "stem": "unshuffle"},
+    # A quarter of the resolution: the width it affords at the same latency (the recipe's: base 16).
+    "unshuffle4_b8d3": {"base": 8, "depth": 3, "stem": "unshuffle4"},
+    "unshuffle4_b16d3": {"base": 16, "depth": 3, "stem": "unshuffle4"},
     # Depthwise-separable blocks, alone and with the stem (wider: they are much cheaper per channel).
     "dwsep_b4d3": {"base": 4, "depth": 3, "block": "dwsep"},
     "dwsep_b8d3": {"base": 8, "depth": 3, "block": "dwsep"},

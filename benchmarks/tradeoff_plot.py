@@ -22,8 +22,10 @@ def label(model: str) -> str:
     p = Path(model)
     name = p.parent.name if p.stem == "model" else p.name.removesuffix(".int8.onnx").removesuffix("_model")
     name = name.replace("shapes_", "").replace("_s0", "")
-    return {"membrane": "teacher (base 16)", "student": "plain student (base 4, depth 3)",
-            "unshuffle_b4d3": "stem student (base 4, depth 3)", "unshuffle_b8d3": "stem student (base 8, depth 3)"}.get(name, name)
+    return {"membrane": "teacher (base 16, 1.94M)", "student": "plain (base 4, 30K)",
+            "unshuffle_b4d3": "stem by 2, base 4 (31K)", "unshuffle_b8d3": "stem by 2, base 8 (121K)",
+            "us4_b8d3": "stem by 4, base 8 (122K)", "us4_b16d3": "stem by 4, base 16 (485K): the recipe's",
+            "us2_b16d3": "stem by 2, base 16 (483K)"}.get(name, name)
 
 
 def main() -> None:

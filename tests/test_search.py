@@ -114,7 +114,8 @@ def test_schedule_halves_the_candidates_and_doubles_the_epochs():
     assert search.weighted_cost([1.0, 10.0], 60) == 2 * 11.0
     assert search.weighted_cost([1.0, 1.0, 4.0, 2.0], 60) == 2 * 8.0 + 2 * 4 * 2.0
     assert search.cost_ratio(330.0, 8.8) == pytest.approx(37.5) and search.cost_ratio(1.0, 8.8) == 0.5
-    assert default_budget_s(60, 7.0, 30.0) == 30.0 + 2 * 60 * 7.0
+    assert default_budget_s(60, 7.0, 30.0) == 2 * 60 * 7.0  # the setup inside, as a distillation's own is
+    assert default_budget_s(2, 7.0, 300.0) == 300.0 + 4 * 7.0  # never less than the setup and 4 epochs
 
 
 def test_grid_designs_only_where_the_model_has_them():
@@ -138,6 +139,12 @@ def test_students_slower_than_half_the_teacher_are_left_out_unless_too_few_remai
     assert [g["name"] for g in kept] == [f"s{i}" for i in range(1, 16)] and len(out) == 5
     kept, out = search.fast_enough(grid[::-1], teacher_ms=6.0)  # limit 3 ms: only 3, so the 8 fastest, in grid order
     assert [g["name"] for g in kept] == [f"s{i}" for i in range(8, 0, -1)] and len(out) == 12
+
+
+def test_keep_searches_favour_students_faster_than_the_configured_one():
+    assert search.favour(["ref", "f1", "f2", "f3", "f4"], ["s1", "s2"], 1) == ["ref", "f1", "f2", "s1", "f3", "f4", "s2"]
+    assert search.favour(["ref"], ["s1", "s2"], 1) == ["ref", "s1", "s2"]  # nothing faster: the slower ones
+    assert search.favour(["ref", "fast", "f1"], [], 2) == ["ref", "fast", "f1"]
 
 
 def test_spread_covers_the_range_from_the_first():

@@ -165,7 +165,7 @@ def tradeoff_figure(rows: list[dict[str, Any]], labels: dict[str, str], ylabel: 
     one colour per name (``labels``: model path -> legend name, in legend order). The first model's
     torch fp32 IoU (the teacher's) is drawn as a line and ``keep`` of it dashed."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     shown = [r for r in rows if r.get("iou") is not None and r.get("p50_ms") and r["model"] in labels]
     for i, name in enumerate(dict.fromkeys(labels.values())):  # files of one name (a model, its int8 export): one colour
         mine = [r for r in shown if labels[r["model"]] == name]
@@ -187,7 +187,7 @@ def tradeoff_figure(rows: list[dict[str, Any]], labels: dict[str, str], ylabel: 
     ax.set_ylabel(ylabel)
     ax.set_title("o torch, s ONNX Runtime, ^ OpenVINO; hollow fp32, filled bf16/int8", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the points, never over them
     if footnote:
         fig.text(0.01, 0.01, footnote[:120], fontsize=6, color="grey")
     fig.tight_layout()

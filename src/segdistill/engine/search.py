@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import tempfile
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
@@ -262,6 +263,17 @@ def fast_enough(grid: list[dict[str, Any]], teacher_ms: float) -> tuple[list[dic
     return keep, [g for g in grid if g not in keep]
 
 
+def favour(preferred: list[str], others: list[str], head: int, every: int = 3) -> list[str]:
+    """``preferred`` and ``others`` merged: the first ``head`` of ``preferred`` (the configured
+    student), then two of ``preferred`` for each one of ``others`` (every ``every``-th place), each
+    in its own order; what is left of either at the end."""
+    out, p, o = list(preferred[:head]), list(preferred[head:]), list(others)
+    while p or o:
+        take_other = (len(out) - head) % every == every - 1
+        out.append((o if (take_other and o) or not p else p).pop(0))
+    return out
+
+
 def cost_ratio(latency_ms: float, reference_ms: float) -> float:
     """How much longer an epoch of a candidate is expected to take than one of the configured
     student, from their quick latencies: proportional above it, never below half (an epoch also
@@ -279,9 +291,10 @@ def weighted_cost(ratios: list[float], full_epochs: int) -> float:
 
 
 def default_budget_s(full_epochs: int, epoch_s: float, setup_s: float) -> float:
-    """The default budget: about twice one full distillation (``full_epochs`` of ``epoch_s``),
-    besides the search's one-time setup (``setup_s``: filling the target cache, timing the grid)."""
-    return setup_s + 2 * full_epochs * epoch_s
+    """The default budget: about twice one full distillation (``full_epochs`` of ``epoch_s``), the
+    search's one-time setup (``setup_s``: filling the target cache, timing the grid) included, as a
+    distillation's own is in its time; never less than the setup and 4 epochs."""
+    return max(2 * full_epochs * epoch_s, setup_s + 4 * epoch_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -324,6 +337,11 @@ class _Book:
         if mine:
             return float(mine[-1])
         return self._predicted(name) * max([1.0] + [r["epoch_s"] / self._predicted(r["name"]) for r in self.data["runs"]])
+
+    def epoch_only_s(self, name: str) -> float:
+        """An epoch of ``name`` without its run's fixed cost (a long run's epochs), once it ran."""
+        run = [r for r in self.data["runs"] if r["name"] == name][-1]
+        return float(run.get("epoch_only_s", run["epoch_s"]))
 
     def _predicted(self, name: str) -> float:
         """An epoch of ``name`` from the configured student's and the quick timings (the estimate
@@ -509,10 +527,11 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
     d, full = book.data, cfg.train.epochs
     t_ref = book.epoch_s(d["reference"])
     budget = cfg.distill.search_budget
-    d["budget_s"] = budget * 60 if budget else default_budget_s(full, t_ref, d.get("setup_s", 0.0))
+    t_full = book.epoch_only_s(d["reference"])
+    d["budget_s"] = budget * 60 if budget else default_budget_s(full, t_full, d.get("setup_s", 0.0))
     d["budget_from"] = ("--search-budget" if budget else
-                        f"about twice one full distillation, {full} epochs at {t_ref:.1f}s (the configured student), "
-                        f"besides {format_duration(d.get('setup_s', 0.0))} of setup")
+                        f"about twice one full distillation, {full} epochs at {t_full:.1f}s (the configured student), "
+                        f"its {format_duration(d.get('setup_s', 0.0))} of setup included")
     grid = {g["name"]: g for g in d["grid"]}
     eligible, first = [g for g in d["grid"] if objective.feasible(g["latency_ms"])], [d["reference"]]
     if not eligible:
@@ -520,12 +539,18 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
         log.warning("search %s: no student of the grid runs that fast here (the fastest, %s, takes %.2f ms): the "
                     "search goes on with the fastest", objective, fastest["name"], fastest["latency_ms"])
         eligible, first = [fastest], [d["reference"], fastest["name"]]
-    available = (d["budget_s"] - book.spent - full * t_ref) / t_ref + first_epochs(full)  # in epochs of the reference
+    available = (d["budget_s"] - book.spent - full * t_full) / t_ref + first_epochs(full)  # in epochs of the reference
     most = min(MAX_CANDIDATES, len(set(g["name"] for g in eligible) | {d["reference"]}))
     design = sorted({design_name(g["args"]) for g in d["grid"]})
     points = {g["name"]: (math.log(g["latency_ms"]), math.log(g["params"]), *(float(design_name(g["args"]) == x) for x in design))
               for g in eligible + [grid[d["reference"]]]}
-    order = spread(points, most, first)  # farthest-point order: every prefix covers the grid
+    if objective.kind == "keep":  # the hope is a faster student than the configured one: most slots go there
+        ref_ms = grid[d["reference"]]["latency_ms"]
+        faster = {k: v for k, v in points.items() if k in first or grid[k]["latency_ms"] < ref_ms}
+        slower = {k: v for k, v in points.items() if k not in faster}
+        order = favour(spread(faster, most, first), spread(slower, most, []), len(set(first)))[:most]
+    else:
+        order = spread(points, most, first)  # farthest-point order: every prefix covers the grid
     ratios = [cost_ratio(grid[c]["latency_ms"], grid[d["reference"]]["latency_ms"]) for c in order]
     n = max([len(set(first))] + [k for k in range(1, len(order) + 1) if weighted_cost(ratios[:k], full) <= available])
     chosen = order[:n]
@@ -565,7 +590,7 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
         # Kept back for the winner: one full distillation of the configured student, as the default
         # budget counts it (a slower winner's distillation is fitted to what is left, _final), and
         # at least a quarter of one of the slowest member's.
-        reserve = max(full * book.epoch_s(d["reference"]), max(1, full // 4) * max(book.epoch_s(m) for m in members))
+        reserve = max(full * book.epoch_only_s(d["reference"]), max(1, full // 4) * max(book.epoch_s(m) for m in members))
         for i, name in enumerate(members):
             if name in book.runs(k):
                 continue
@@ -605,7 +630,11 @@ def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: 
     best = max((h for h in history if h.get("val_iou") is not None), key=lambda h: h["val_iou"])
     run = {"name": name, "rung": rung, "epochs": len(history), "iou": best["val_iou"], "dice": best["val_dice"],
            "agreement": best["agreement_iou"], "best_epoch": best["epoch"], "seconds": round(seconds, 2),
-           "epoch_s": round(seconds / max(1, len(history) - done), 3), "folder": str(sub.relative_to(run_dir))}
+           "epoch_s": round(seconds / max(1, len(history) - done), 3),
+           # an epoch alone (the median of its epochs' own seconds), without the run's fixed cost:
+           # what a full distillation's length is estimated from
+           "epoch_only_s": round(statistics.median([h["seconds"] for h in history[done:]] or [seconds]), 3),
+           "folder": str(sub.relative_to(run_dir))}
     book.data["runs"].append(run)
     book.save()
     for f in ("state.safetensors", "last.safetensors"):  # recorded: only its best model is worth keeping
