@@ -114,7 +114,7 @@ def test_schedule_halves_the_candidates_and_doubles_the_epochs():
     assert search.weighted_cost([1.0, 10.0], 60) == 2 * 11.0
     assert search.weighted_cost([1.0, 1.0, 4.0, 2.0], 60) == 2 * 8.0 + 2 * 4 * 2.0
     assert search.cost_ratio(330.0, 8.8) == pytest.approx(37.5) and search.cost_ratio(1.0, 8.8) == 0.5
-    assert default_budget_s(60, 7.0, 30.0) == 2 * 60 * 7.0  # the setup inside, as a distillation's own is
+    assert default_budget_s(60, 7.0, 30.0) == pytest.approx(search.BUDGET_FACTOR * 60 * 7.0)  # setup inside
     assert default_budget_s(2, 7.0, 300.0) == 300.0 + 4 * 7.0  # never less than the setup and 4 epochs
 
 
@@ -275,7 +275,7 @@ def test_search_keeps_its_budget(teacher, synth_dir, tmp_path, monkeypatch):
     run, d, _ = _search(teacher, synth_dir, tmp_path, "b2", "keep=0.9", "--set", "distill.student.args={base: 2, depth: 2}")
     t_ref = d["runs"][0]["epoch_s"]
     assert d["runs"][0]["name"] == d["reference"] == "b2d2" and t_ref == pytest.approx(19.23)
-    assert d["budget_s"] == pytest.approx(2 * 4 * t_ref) and d["budget_from"].startswith("about twice")
+    assert d["budget_s"] == pytest.approx(search.BUDGET_FACTOR * 4 * t_ref) and d["budget_from"].startswith("about twice")
     # A candidate 5x slower than promised may have left less than one epoch: the winner (then the
     # quickest to distil) still gets one, the only way past the budget.
     one_epoch = max(r["epoch_s"] for r in d["runs"] if r["name"] == d["winner"]["name"])

@@ -290,11 +290,16 @@ def weighted_cost(ratios: list[float], full_epochs: int) -> float:
     return rungs[0].epochs * sum(ratios) + sum(r.candidates * r.epochs * mean for r in rungs[1:])
 
 
+BUDGET_FACTOR = 1.8
+"""The default budget in full distillations: about twice one, less the error of estimating an
+epoch from the first ones (they run slower than the rest), so that the search ends within twice."""
+
+
 def default_budget_s(full_epochs: int, epoch_s: float, setup_s: float) -> float:
-    """The default budget: about twice one full distillation (``full_epochs`` of ``epoch_s``), the
-    search's one-time setup (``setup_s``: filling the target cache, timing the grid) included, as a
-    distillation's own is in its time; never less than the setup and 4 epochs."""
-    return max(2 * full_epochs * epoch_s, setup_s + 4 * epoch_s)
+    """The default budget: :data:`BUDGET_FACTOR` full distillations (``full_epochs`` of
+    ``epoch_s``), the search's one-time setup (``setup_s``: filling the target cache, timing the
+    grid) included, as a distillation's own is in its time; never less than the setup and 4 epochs."""
+    return max(BUDGET_FACTOR * full_epochs * epoch_s, setup_s + 4 * epoch_s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +535,8 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
     t_full = book.epoch_only_s(d["reference"])
     d["budget_s"] = budget * 60 if budget else default_budget_s(full, t_full, d.get("setup_s", 0.0))
     d["budget_from"] = ("--search-budget" if budget else
-                        f"about twice one full distillation, {full} epochs at {t_full:.1f}s (the configured student), "
+                        f"about twice one full distillation ({BUDGET_FACTOR:g}x {full} epochs at {t_full:.1f}s, the "
+                        "configured student's), "
                         f"its {format_duration(d.get('setup_s', 0.0))} of setup included")
     grid = {g["name"]: g for g in d["grid"]}
     eligible, first = [g for g in d["grid"] if objective.feasible(g["latency_ms"])], [d["reference"]]
