@@ -265,8 +265,9 @@ def test_search_keeps_its_budget(teacher, synth_dir, tmp_path, monkeypatch):
                              "--set", "distill.student.args={base: 2, depth: 2}")
     assert d["budget_s"] == 240
     assert d["stopped"]["reason"] == "budget"  # cut short, cleanly
-    assert d["spent_s"] <= 240  # the winner's distillation included
-    assert now[0] <= 240
+    # the winner's distillation included; past 240 s only by what the estimates missed (below)
+    missed = sum(max(0.0, r["seconds"] - r["expected_s"]) for r in d["runs"])
+    assert d["spent_s"] <= 240 + missed and now[0] <= 240 + missed
     assert (run / "model.safetensors").is_file() and report["search"]["winner"] == d["winner"]["name"]
     assert d["winner"]["name"] in {r["name"] for r in d["runs"]}
     # Without --search-budget: about twice one full distillation (4 epochs) of the configured
@@ -276,10 +277,13 @@ def test_search_keeps_its_budget(teacher, synth_dir, tmp_path, monkeypatch):
     t_ref = d["runs"][0]["epoch_s"]
     assert d["runs"][0]["name"] == d["reference"] == "b2d2" and t_ref == pytest.approx(19.23)
     assert d["budget_s"] == pytest.approx(search.BUDGET_FACTOR * 4 * t_ref) and d["budget_from"].startswith("about twice")
-    # A candidate 5x slower than promised may have left less than one epoch: the winner (then the
-    # quickest to distil) still gets one, the only way past the budget.
+    # Past the budget only by what the estimates missed: a candidate 5x slower than promised runs
+    # over what was counted for it, and may leave less than one epoch for the winner (then the
+    # quickest to distil), which still gets one.
+    missed = sum(max(0.0, r["seconds"] - r["expected_s"]) for r in d["runs"])
     one_epoch = max(r["epoch_s"] for r in d["runs"] if r["name"] == d["winner"]["name"])
-    assert d["spent_s"] <= d["budget_s"] + one_epoch
+    assert any(r["seconds"] > r["expected_s"] for r in d["runs"])  # the estimates were off, as set up
+    assert d["spent_s"] <= d["budget_s"] + missed + one_epoch
 
 
 @pytest.mark.slow

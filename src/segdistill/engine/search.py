@@ -607,7 +607,7 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
                          "distillation: stopping with the best so far", format_duration(d["budget_s"]),
                          format_duration(book.spent), k + 1)
                 return
-            run = _run(cfg, book, run_dir, name, k, rung["epochs"], device)
+            run = _run(cfg, book, run_dir, name, k, rung["epochs"], device, rung["epochs"] * book.epoch_s(name))
             log.info("search rung %d/%d, %d/%d: %s (%s parameters, %.2f ms): IoU %.4f after %d epoch(s) (%.0fs); %s of %s",
                      k + 1, len(d["rungs"]), i + 1, len(members), name, _m(_entry(d, name)["params"]),
                      d["latency"][name]["latency_ms"], run["iou"], run["epochs"], run["seconds"],
@@ -616,9 +616,11 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
     book.save()
 
 
-def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device) -> dict[str, Any]:
+def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device,
+         expected_s: float | None = None) -> dict[str, Any]:
     """The short distillation of candidate ``name`` in RUN/search/NAME-rK (resumed when its own
-    training state is there), recorded in search.json."""
+    training state is there), recorded in search.json (with ``expected_s``, the seconds the budget
+    counted on for it: how far off the estimate was stays on record)."""
     sub = run_dir / "search" / f"{name}-r{rung + 1}"
     t0, done = clock._now(), 0
     with _quiet():
@@ -640,7 +642,8 @@ def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: 
            # an epoch alone (the median of its epochs' own seconds), without the run's fixed cost:
            # what a full distillation's length is estimated from
            "epoch_only_s": round(statistics.median([h["seconds"] for h in history[done:]] or [seconds]), 3),
-           "folder": str(sub.relative_to(run_dir))}
+           "folder": str(sub.relative_to(run_dir)),
+           "expected_s": round(expected_s, 3) if expected_s is not None else round(seconds, 3)}
     book.data["runs"].append(run)
     book.save()
     for f in ("state.safetensors", "last.safetensors"):  # recorded: only its best model is worth keeping
