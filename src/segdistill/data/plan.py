@@ -38,6 +38,12 @@ EPOCHS = (30, 150)
 """Fewest and most planned epochs without a time budget."""
 MIN_SAMPLES = 64
 """Fewest crops per epoch (a handful of images would otherwise make an epoch a few steps long)."""
+PHOTO_ENCODER = "efficientnet_lite0"
+"""The encoder for colour images: ImageNet-pretrained, MobileNet-class, the fastest to fine-tune on
+a CPU of the encoders with weights to be had (docs/training.md, "Pretrained encoders")."""
+STUDENT_ENCODER = {"encoder": PHOTO_ENCODER, "decoder": [48, 24, 16, 12, 8], "block": "dwsep", "input_scale": 0.5}
+"""The photo student: the same pretrained encoder at half the teacher's resolution under a thin,
+depthwise-separable decoder (a quarter of the pixels, a fraction of the decoder)."""
 
 
 @dataclass
@@ -57,15 +63,22 @@ class Plan:
     epochs: int
     """train.epochs (a time budget fits the epochs instead, by measuring them)."""
     reasons: dict[str, str] = field(default_factory=dict)
+    encoder: dict[str, Any] | None = None
+    """encoder_unet's arguments (a pretrained encoder, for colour images), or None: a unet of
+    ``base`` and ``depth``."""
 
     def settings(self, model: str = "model.args") -> dict[str, tuple[Any, str]]:
         """The plan as dotted config keys -> (value, reason); ``model``: where the width and depth
         go (``distill.student.args`` for a student)."""
         r = self.reasons
+        if self.encoder is None:
+            arch = {f"{model}.base": (self.base, r["base"]), f"{model}.depth": (self.depth, r["depth"])}
+        else:
+            arch = {f"{model.removesuffix('.args')}.name": ("encoder_unet", r["encoder"]),
+                    **{f"{model}.{k}": (v, r["encoder"]) for k, v in self.encoder.items()}}
         return {"data.max_side": (self.max_side, r["max_side"]), "train.input_size": (self.input_size, r["input_size"]),
                 "augment.hflip": (self.hflip, r["flips"]), "augment.vflip": (self.vflip, r["flips"]),
-                "augment.rot90": (self.rot90, r["flips"]), f"{model}.base": (self.base, r["base"]),
-                f"{model}.depth": (self.depth, r["depth"]),
+                "augment.rot90": (self.rot90, r["flips"]), **arch,
                 "train.samples_per_epoch": (self.samples_per_epoch, r["samples_per_epoch"]),
                 "train.epochs": (self.epochs, r["epochs"])}
 
@@ -167,7 +180,22 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     reasons["samples_per_epoch"] = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
     reasons["epochs"] = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
                          else f"about {target} crops over the run")
-    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons)
+    encoder = _encoder(fp, student, reasons)
+    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons, encoder)
+
+
+def _encoder(fp: Fingerprint, student: bool, reasons: dict[str, str]) -> dict[str, Any] | None:
+    """A pretrained encoder for colour images (the teacher's, or the photo student's); None for
+    gray ones, where the U-Net from scratch measured as well or better (docs/training.md)."""
+    if fp.channels not in ("rgb", "mixed"):
+        return None
+    if student:
+        reasons["encoder"] = (f"colour images: the student keeps the ImageNet-pretrained {PHOTO_ENCODER} encoder at "
+                              "half the teacher's resolution, under a thin depthwise-separable decoder")
+        return dict(STUDENT_ENCODER)
+    reasons["encoder"] = (f"colour images: an ImageNet-pretrained {PHOTO_ENCODER} encoder (too few photos to learn "
+                          "edges and textures from scratch)")
+    return {"encoder": PHOTO_ENCODER}
 
 
 def apply_plan(values: dict[str, Any], settings: dict[str, tuple[Any, str]], given: set[str]) -> tuple[dict[str, Any], list[str]]:

@@ -66,7 +66,16 @@ def _apply(cfg: Config, fp: Fingerprint, plan: Plan, model: str, skip: set[str])
     given = given_keys(cfg)
     if spec.name != "unet":
         given |= {f"{model}.args.base", f"{model}.args.depth"}  # the unet's arguments
+    prefix = model
+    if any(k == f"{prefix}.name" or k.startswith(f"{prefix}.args.") for k in given):
+        # The user chose the architecture: the plan neither swaps it nor adds another's arguments.
+        given |= {k for k in settings if k == f"{prefix}.name" or k.startswith(f"{prefix}.args.")}
     values, applied = apply_plan(config_to_dict(cfg), settings, given)
+    if f"{prefix}.name" in applied and plan.encoder is not None:  # another architecture: only its own arguments
+        node = values
+        for part in prefix.split("."):
+            node = node[part]
+        node["args"] = dict(plan.encoder)
     planned = config_from_dict(values)
     planned._given = getattr(cfg, "_given", set())  # type: ignore[attr-defined]
     record = {"fingerprint": {**fp.to_dict(), "shown": fp.rows()}, "plan": plan.to_dict(),
