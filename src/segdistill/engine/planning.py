@@ -53,6 +53,8 @@ def plan_student(cfg: Config, transfer_images: int) -> tuple[Config, dict[str, A
         log.info("no plan for the student: the teacher's file has no fingerprint and no labelled data was given")
         return cfg, None
     plan = make_plan(dataclasses.replace(fp, images=transfer_images), cfg.train.time_budget, student=True)
+    if cfg.distill.search:  # the search's grid is the unet family (its first candidate is the configured student)
+        plan = dataclasses.replace(plan, encoder=None)
     return _apply(cfg, fp, plan, "distill.student", skip={"data.max_side", "distill.student.args.base"})
 
 
