@@ -203,6 +203,7 @@ def test_an_architecture_the_user_chose_is_not_swapped_for_an_encoder():
     for chosen in (["model.args.base=8"], ["model.name=unet"]):
         planned, record = plan_run(load_config(None, chosen), photo)
         assert planned.model.name == "unet" and "model.args.encoder" not in planned.model.args
-        assert "model.name" in record["kept"]
+        assert "model.name" not in record["applied"]
+        assert planned.data.max_side == make_plan(photo, encoder=False).max_side  # the scratch U-Net's resolution
     planned, _ = plan_run(load_config(None, ["model.args.encoder=resnet18", "model.name=encoder_unet"]), photo)
     assert planned.model.args == {"encoder": "resnet18"}

@@ -109,10 +109,11 @@ def _budget_words(budget_minutes: float | None) -> str:
     return "a run without a time budget" if budget_minutes is None else f"a {budget_minutes:g}-minute budget"
 
 
-def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False) -> Plan:
+def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False, encoder: bool = True) -> Plan:
     """The plan for data with fingerprint ``fp`` and a run of ``budget_minutes`` (None: no budget).
     ``student``: a distillation, whose students learn for longer (twice the crops: on held-out
-    photos a 30-epoch distillation was still improving at its end)."""
+    photos a 30-epoch distillation was still improving at its end). ``encoder``: a pretrained
+    encoder may be planned (False where the user chose the architecture)."""
     w, h = fp.median_size
     longer, short = max(w, h, 1), max(min(w, h), 1)
     reasons: dict[str, str] = {}
@@ -120,7 +121,8 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     # Working resolution: shrink until the large objects fit a crop, or (with a short budget) until
     # the finest detail is as thin as the budget affords; never below the finest detail's minimum.
     large_px = fp.large_extent * short
-    detail = _detail_width(budget_minutes, pretrained=_is_photo(fp))
+    pretrained = encoder and _is_photo(fp)
+    detail = _detail_width(budget_minutes, pretrained)
     fit = min(1.0, CONTEXT_FILL * CROP / large_px) if large_px > 0 else 1.0
     cheap = min(1.0, detail / fp.feature_width) if fp.feature_width > 0 else 1.0
     scale = min(fit, cheap)
@@ -184,20 +186,19 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     reasons["samples_per_epoch"] = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
     reasons["epochs"] = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
                          else f"about {target} crops over the run")
-    encoder = _encoder(fp, student, reasons)
-    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons, encoder)
+    args = _encoder(student, reasons) if pretrained else None
+    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons, args)
 
 
 def _is_photo(fp: Fingerprint) -> bool:
-    """Colour images: the ones an ImageNet-pretrained encoder is planned for."""
+    """Colour images: the ones an ImageNet-pretrained encoder is planned for (not gray ones: see
+    :func:`_encoder`)."""
     return fp.channels in ("rgb", "mixed")
 
 
-def _encoder(fp: Fingerprint, student: bool, reasons: dict[str, str]) -> dict[str, Any] | None:
-    """A pretrained encoder for colour images (the teacher's, or the photo student's); None for
-    gray ones, where the U-Net from scratch keeps its measured accuracy (docs/training.md)."""
-    if not _is_photo(fp):
-        return None
+def _encoder(student: bool, reasons: dict[str, str]) -> dict[str, Any]:
+    """The pretrained encoder for colour images (the teacher's, or the photo student's); gray ones
+    keep the U-Net from scratch, which keeps its measured accuracy there (docs/training.md)."""
     if student:
         reasons["encoder"] = (f"colour images: the student keeps the ImageNet-pretrained {PHOTO_ENCODER} encoder at "
                               "half the teacher's resolution, under a thin depthwise-separable decoder")
