@@ -247,3 +247,14 @@ def test_an_encoder_model_exports_and_predicts_alike_on_every_backend(tmp_path):
     backend, _ = open_backend(q.path)
     assert backend.describe() == "onnxruntime int8"
     assert torch.sigmoid(backend(x)).shape == ref.shape
+
+
+def test_a_weights_file_that_is_not_one_is_a_one_line_error(tmp_path):
+    for name, body in (("junk.safetensors", b"\x00" * 40), ("junk.pth", b"PK\x03\x04 not a zip"), ("empty.pt", b"")):
+        path = tmp_path / name
+        path.write_bytes(body)
+        with pytest.raises(ModelFileError, match=name) as e:
+            read_weights(path)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ModelFileError, match="not found"):
+        find_weights("efficientnet_lite0", str(tmp_path / "missing" / "w.pth"))

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ConfigError, DataError, ModelFileError
@@ -86,16 +88,18 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: weights file not found")
     with open(path, "rb") as f:
         head = f.read(8)
+    if not head:
+        raise ModelFileError(f"{path}: empty file (0 bytes)")
     try:
         if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
-            from safetensors.torch import load_file
-
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ModelFileError(f"{path}: refused: the pickle asks to run code, not just to hold tensors "
-                             f"({str(e).splitlines()[-1][:120]})") from None
-    except (RuntimeError, OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        text = str(e)
+        if "Unsupported global" in text or "GLOBAL" in text or "REDUCE" in text:
+            raise ModelFileError(f"{path}: refused: the pickle asks to run code, not just to hold tensors") from None
+        raise ModelFileError(f"{path}: not a readable weights file (a corrupt or truncated pickle)") from None
+    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ModelFileError(f"{path}: not a readable weights file ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -135,6 +139,8 @@ def fit_weights(encoder: nn.Module, name: str, tensors: dict[str, torch.Tensor],
     if first_conv in tensors and own[first_conv].shape[1] == 1 and tensors[first_conv].shape[1] == 3:
         tensors[first_conv] = tensors[first_conv].sum(1, keepdim=True)  # gray: the three filters' sum sees what RGB gray would
     for key, want in own.items():
+        if key not in tensors and key.endswith("num_batches_tracked"):
+            tensors[key] = want  # a counter some exporters leave out; nothing learnt is missing
         if key not in tensors:
             raise ModelFileError(f"{origin}: does not fit encoder '{name}': first tensor that differs: '{key}' "
                                  f"(missing in the file; it has {len(tensors)} tensors)")
@@ -200,7 +206,7 @@ def _from_hub(name: str) -> Path:
     url = hub_url(name)
     try:
         sha = SOURCES[name].sha256 or _declared_sha256(url)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, ValueError) as e:
         raise DataError(f"{url}: cannot reach the hub ({getattr(e, 'reason', e)})") from None
     if sha is None:
         raise DataError(f"{url}: the hub declares no SHA-256 for the file; refusing unverified weights")
