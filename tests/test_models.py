@@ -15,7 +15,9 @@ SMALL = {"base": 4, "depth": 3}
 
 
 def _small(name):
-    return {"base": 4, "depth": 3} if name != "unet_keras" else {"base": 4, "depth": 3}
+    if name == "encoder_unet":
+        return {"decoder": [8, 8, 8, 8, 8]}
+    return {"base": 4, "depth": 3}
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -22,12 +22,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import pickle
 import urllib.error
 import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError  # the refusal torch.load(weights_only=True) raises
 
 import torch
 from safetensors import SafetensorError
@@ -94,7 +94,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except UnpicklingError as e:
         text = str(e)
         if "Unsupported global" in text or "GLOBAL" in text or "REDUCE" in text:
             raise ModelFileError(f"{path}: refused: the pickle asks to run code, not just to hold tensors") from None
