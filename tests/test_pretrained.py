@@ -64,7 +64,7 @@ def _flat_file(tmp_path: Path, name: str = "efficientnet_lite0") -> tuple[Path, 
 
 def test_a_flat_package_file_loads_by_name_into_the_encoder(tmp_path):
     path, own = _flat_file(tmp_path)
-    model = create_model("encoder_unet", **TINY)
+    model = create_model("encoder_unet", in_channels=3, **TINY)
     record = load_pretrained(model, "efficientnet_lite0", str(path))
     assert record is not None and record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     got = model.encoder.state_dict()

@@ -74,7 +74,7 @@ class EncoderUNet(nn.Module):
 
 @register_model("encoder_unet")
 def encoder_unet(
-    in_channels: int = 3,
+    in_channels: int = 1,
     encoder: str = "efficientnet_lite0",
     decoder: list[int] | tuple[int, ...] = DECODER,
     block: str = "conv",
