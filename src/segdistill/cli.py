@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import STARTED, __version__
+from .version import STARTED, __version__
 from .config import Config, ConfigError, default_config_yaml, load_config
 from .errors import SegdistillError
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__
+from .version import __version__
 from .checkpoint import ModelInfo, read_model_info
 from .errors import SegdistillError
 from .fileio import write_text

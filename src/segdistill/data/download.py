@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .. import __version__
+from ..version import __version__
 from ..errors import DataError
 
 log = logging.getLogger("segdistill")

@@ -21,7 +21,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from .. import __version__
+from ..version import __version__
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config, as_config
 from ..data.preprocess import Preprocess
