@@ -13,8 +13,8 @@ from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.errors import SegdistillError
 from segdistill.inference import choose as choose_mod
-from segdistill.inference.backends import Choice, OpenVinoBackend, build_backend, onnx_precision, open_backend
-from segdistill.inference.choose import Timing, choose
+from segdistill.inference.backends import Choice, OpenVinoBackend, build_backend, onnx_precision
+from segdistill.inference.choose import Timing, choose, open_backend
 
 pytest.importorskip("onnxruntime")
 

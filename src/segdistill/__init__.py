@@ -9,7 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .version import STARTED, __version__
+from .version import STARTED as STARTED
+from .version import __version__ as __version__
 
 # public name -> module that defines it
 _EXPORTS = {

@@ -12,9 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from .version import STARTED, __version__
 from .config import Config, ConfigError, default_config_yaml, load_config
 from .errors import SegdistillError
+from .version import STARTED, __version__
 
 log = logging.getLogger("segdistill")
 

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .version import __version__
 from .checkpoint import ModelInfo, read_model_info
 from .errors import SegdistillError
 from .fileio import write_text
 from .metrics import Sweep, confusion, scores
+from .version import __version__
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvalResult

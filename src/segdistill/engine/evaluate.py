@@ -230,8 +230,8 @@ def evaluate_model(
     from ..data.dataset import Item
     from ..fileio import write_json
     from ..html_report import write_eval_report
-    from ..inference.backends import is_onnx, open_backend
-    from ..inference.choose import MEASURE_IMAGES
+    from ..inference.backends import is_onnx
+    from ..inference.choose import MEASURE_IMAGES, open_backend
     from ..metrics import SWEEP_THRESHOLDS
     from ..report import format_table, write_csv
 

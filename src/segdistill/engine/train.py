@@ -21,7 +21,6 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from ..version import __version__
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config, as_config
 from ..data.preprocess import Preprocess
@@ -40,6 +39,7 @@ from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
 from ..report import format_table
 from ..runtime import autocast, select_device, set_threads, use_channels_last
+from ..version import __version__
 from .clock import format_duration
 from .data import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate, save_evaluation

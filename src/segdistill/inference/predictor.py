@@ -22,7 +22,7 @@ from ..data.video import is_video_file
 from ..distributed import gather_objects, is_main_process, rank, shard
 from ..errors import SegdistillError
 from ..fileio import atomic_path, is_temporary
-from .backends import open_backend
+from .choose import open_backend
 from .sources import collect_inputs, inside, output_names
 from .tiling import TILE_BATCH, predict_tiled
 from .tta import tta_logits
