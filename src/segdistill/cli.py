@@ -210,27 +210,6 @@ def _max_side_value(text: str) -> int:
     return n
 
 
-def _prediction_folder_name(name: str | None, sources: list[str]) -> str:
-    """One safe folder name: --name, else the input folder's name or file stem ("glob" for globs);
-    several files (a glob the shell expanded): their common folder's name."""
-    from .inference.sources import safe_relative_name
-
-    if name is None:
-        if len(sources) > 1:
-            parents = {Path(s).resolve().parent for s in sources}
-            name = parents.pop().name if len(parents) == 1 else "inputs"
-        else:
-            source = sources[0]
-            src = Path(source)
-            if any(ch in source for ch in "*?[") and not src.exists():
-                name = "glob"
-            else:
-                name = (src.stem if src.is_file() else src.resolve().name) or "predictions"
-    if len(Path(name).parts) != 1:
-        raise ConfigError(f"--name '{name}' must be a plain folder name (no slashes)")
-    return str(safe_relative_name(Path(name + ".x"), None))
-
-
 def _model_file(path: str) -> str:
     """A model file; a run folder (what ``train`` prints) stands for its model.safetensors."""
     p = Path(path)
@@ -241,42 +220,13 @@ def _model_file(path: str) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .distributed import decided_by_main_process, is_main_process, process_group
-    from .inference.choose import MEASURE_IMAGES
-    from .inference.predictor import Predictor, predict_to_folder, prediction_dir
-    from .inference.sources import collect_inputs
-    from .runtime import set_threads
+    from .jobs.predict import run_predict
 
-    cfg = load_config(args.config, list(args.overrides))
-    set_threads(args.threads or cfg.threads)
-
-    p = cfg.predict
-    threshold = args.threshold if args.threshold is not None else p.threshold
-    recursive = args.recursive or p.recursive
-    inputs = collect_inputs(args.input, recursive)[0]  # a missing input fails before a folder is made
-    predictor = Predictor(_model_file(args.model), device=args.device or cfg.device, threshold=threshold,
-                          tile=args.tile or p.tile, tile_overlap=p.tile_overlap, tta=args.tta, backend=args.backend,
-                          precision=args.precision, measure_on=inputs[0] if len(inputs) >= MEASURE_IMAGES else None,
-                          tile_batch=args.batch_size or p.batch_size)
-    with process_group(predictor.device):  # under torchrun: each rank predicts its share
-        # Rank 0 alone chooses (and with --overwrite clears) the folder, before any rank writes.
-        out = decided_by_main_process(lambda: prediction_dir(
-            args.out or p.output_dir, _prediction_folder_name(args.name, args.input), args.overwrite, inputs))
-        summary = predict_to_folder(
-            predictor, args.input, out, batch_size=args.batch_size or p.batch_size,
-            recursive=recursive, save_probs=args.probs or p.save_probs,
-            save_overlay=args.overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
-            save_frames=args.frames or p.frames,
-        )
-    if is_main_process():
-        masks = "mask" if summary.written == 1 else "masks"
-        written = [f"{summary.written} {masks}"] if summary.written or not summary.videos else []
-        if summary.videos:
-            written.append(f"{summary.videos} mask video{'s' * (summary.videos > 1)} ({summary.frames} frames)")
-        print(f"{' and '.join(written)} written to {summary.out_dir} (mean foreground {summary.foreground_fraction:.3f})")
-        if summary.failed:
-            print(f"error: {len(summary.failed)} file(s) could not be read; first: {summary.failed[0]}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return run_predict(_model_file(args.model), args.input, args.config, args.overrides, out=args.out, name=args.name,
+                       overwrite=args.overwrite, threshold=args.threshold, probs=args.probs, save_overlay=args.overlay,
+                       frames=args.frames, batch_size=args.batch_size, recursive=args.recursive, tile=args.tile,
+                       tta=args.tta, device=args.device, backend=args.backend, precision=args.precision,
+                       threads=args.threads)
 
 
 def cmd_distill(args: argparse.Namespace) -> int:

@@ -17,7 +17,8 @@ from .data.synth import make_synthetic_dataset
 from .engine.distill import distill
 from .engine.evaluate import evaluate_model
 from .engine.train import fit
-from .inference.predictor import Predictor, predict_to_folder
+from .inference.predictor import Predictor
+from .jobs.predict import predict_to_folder
 from .report import format_table
 
 log = logging.getLogger("segdistill")
