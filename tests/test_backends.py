@@ -1,5 +1,5 @@
 """Backends beyond torch (inference/backends.py, choose.py), int8 export (deploy/quantize.py) and
-``segdistill benchmark`` (deploy/speed.py): outputs match eager PyTorch, ``auto`` picks by measured
+``segdistill benchmark`` (jobs/benchmark.py): outputs match eager PyTorch, ``auto`` picks by measured
 timings and never a slower or disagreeing candidate, the choice is cached, the benchmark's JSON."""
 
 from __future__ import annotations

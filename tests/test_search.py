@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from segdistill import html_report
-from segdistill.benchmark import count_params
 from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.config import ConfigError, load_config, parse_search
@@ -33,6 +32,7 @@ from segdistill.engine.search import (
     spread,
 )
 from segdistill.inference.backends import Choice
+from segdistill.measure import count_params
 from segdistill.models.unet import UNet
 
 from .helpers import run_killed_at

@@ -16,8 +16,8 @@ from .version import __version__ as __version__
 _EXPORTS = {
     "ModelInfo": "checkpoint", "load_model": "checkpoint", "read_model_info": "checkpoint", "save_model": "checkpoint",
     "Config": "config", "load_config": "config",
-    "distill": "engine.distill",
-    "evaluate": "engine.evaluate", "evaluate_model": "engine.evaluate",
+    "distill": "jobs.distill",
+    "evaluate": "engine.evaluate", "evaluate_model": "jobs.evaluate",
     "fit": "engine.train", "train_one_epoch": "engine.train",
     "SegdistillError": "errors",
     "Predictor": "inference.predictor",

@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .engine.evaluate import evaluate_model
+    from .jobs.evaluate import evaluate_model
     from .runtime import set_threads
 
     cfg = load_config(args.config, list(args.overrides))
@@ -174,13 +174,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from .deploy.speed import benchmark_models
+    from .jobs.benchmark import benchmark_models
     from .runtime import set_threads
 
     set_threads(args.threads or "auto")
     run_dir = Path(args.models[0])
     if len(args.models) == 1 and (run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file():
-        from .deploy.speed import benchmark_run
+        from .jobs.benchmark import benchmark_run
 
         benchmark_run(run_dir, backend=args.backend, size=args.size, batch_sizes=args.batch_sizes, runs=args.runs,
                       data=args.data, json_out=args.json)
@@ -230,7 +230,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    from .engine.distill import distill
+    from .jobs.distill import distill
 
     if args.resume:
         _check_resume_alone(args)
@@ -337,7 +337,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .jobs.demo import run_demo
 
     overrides = list(args.overrides) + ([_override("threads", args.threads)] if args.threads else [])
     run_demo(Path(args.dir), teacher_epochs=args.epochs, student_epochs=args.student_epochs, overrides=overrides,

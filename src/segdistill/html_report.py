@@ -577,8 +577,8 @@ def _css(colour: tuple[float, float, float]) -> str:
 def measure(model_path: Path, info: ModelInfo, size: int) -> dict[str, Any]:
     """Parameters, GFLOPs and CPU latency (batch 1, ``size`` x ``size``, fp32) of a .safetensors
     model: a few forward passes."""
-    from .benchmark import count_gflops, count_params, cpu_latency_ms
     from .checkpoint import load_model
+    from .measure import count_gflops, count_params, cpu_latency_ms
 
     model, _ = load_model(model_path, "cpu")
     ch = info.preprocess.in_channels

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..fileio import atomic_path, write_json, write_text
 from ..report import format_table
-from .search import Score, pareto_front
+from .search.rules import Score, pareto_front
 
 log = logging.getLogger("segdistill")
 
@@ -124,10 +124,6 @@ def write_search_report(run_dir: Path, d: dict[str, Any], report: dict[str, Any]
     shown = [{**r, "params": f"{r['params'] / 1e6:.3f}M"} for r in rows]
     log.info("%s\nsearch report: %s, %s", format_table(shown, title=f"\nStudent search {d['objective']} ({d['validation']})"),
              run_dir / "search.md", run_dir / "search_pareto.png")
-    if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
-        from ..html_report import write_run_report
-
-        log.info("report: %s", write_run_report(run_dir))
     return report
 
 
