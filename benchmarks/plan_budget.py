@@ -36,15 +36,20 @@ SETS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(name: str, minutes: float, out: Path, threads: str = "auto") -> dict[str, Any]:
+def run(name: str, minutes: float, out: Path, threads: str = "auto", reuse: bool = False) -> dict[str, Any]:
     spec = SETS[name]
     cmd = [sys.executable, "-m", "segdistill", "train", "--data", str(spec["data"]), "--time", f"{minutes:g}",
            "--output-dir", str(out), "--name", name, "--overwrite", "--threads", threads, *spec["task"]]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=common.ROOT)
-    wall = (time.perf_counter() - t0) / 60
     run_dir = out / name
+    t0 = time.perf_counter()
+    if reuse and (run_dir / "model.safetensors").is_file():
+        print(f"reusing {run_dir} (--reuse): scoring only", flush=True)
+    else:
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=common.ROOT)
+    wall = (time.perf_counter() - t0) / 60
+    if reuse:
+        wall = json.loads((run_dir / "run.json").read_text(encoding="utf-8")).get("seconds", wall * 60) / 60
     plan = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     history = (run_dir / "history.csv").read_text(encoding="utf-8").strip().splitlines()
@@ -65,13 +70,14 @@ def main() -> None:
     ap.add_argument("--tag", default="plan_budget", help="results/TAG.json")
     ap.add_argument("--threads", default="auto", help="--threads of segdistill train (auto: the free cores at its start; "
                                                       "a fixed count where helpers' idle-class work shares the machine)")
+    ap.add_argument("--reuse", action="store_true", help="score an existing run of the same --out instead of training")
     args = ap.parse_args()
     missing = [n for n in args.sets if not SETS[n]["data"].is_dir()]
     if missing:
         sys.exit(f"data not found for {', '.join(missing)} (expected under {DATA})")
-    rows = [run(name, args.time, args.out, args.threads) for name in args.sets]
+    rows = [run(name, args.time, args.out, args.threads, args.reuse) for name in args.sets]
     table = [{"set": r["set"], "max_side": r["planned"].get("data.max_side"), "crop": r["planned"].get("train.input_size"),
-              "vflip": r["planned"].get("augment.vflip"), "base/depth": f"{r['planned'].get('model.args.base')}/"
+              "vflip": r["planned"].get("augment.vflip"), "model": r["planned"].get("model.args.encoder") or f"unet {r['planned'].get('model.args.base')}/"
               f"{r['planned'].get('model.args.depth')}", "epochs": r["epochs"], "val IoU": r["val_iou"],
               "test IoU": r.get("test_iou"), "minutes": r["minutes"]} for r in rows]
     common.finish(args.tag, table, {"time_minutes": args.time, "runs": rows}, title=f"\nPlanned from the data, --time {args.time:g}")

@@ -178,3 +178,32 @@ def test_a_student_is_planned_from_the_teachers_fingerprint(tiny_model, synth_di
     # A depth given on the command line stays.
     assert main(["-q", *args, "--name", "s2", "--set", "distill.student.args.depth=2"]) == 0
     assert read_model_info(tmp_path / "s2" / "model.safetensors").args["depth"] == 2
+
+
+def test_colour_images_get_a_pretrained_encoder_and_gray_ones_the_unet():
+    photo = _fp(channels="rgb", median_size=(620, 530), large_extent=0.83, feature_width=109.0, object_extent=0.47)
+    plan = make_plan(photo, 30)
+    settings = plan.settings()
+    assert settings["model.name"][0] == "encoder_unet" and settings["model.args.encoder"][0] == "efficientnet_lite0"
+    assert "model.args.base" not in settings and "model.args.depth" not in settings
+    assert make_plan(replace(photo, channels="mixed"), 30).encoder is not None
+    gray = make_plan(replace(photo, channels="gray"), 30)
+    assert gray.encoder is None and "model.name" not in gray.settings() and "model.args.base" in gray.settings()
+    # A pretrained encoder needs few epochs: its budget buys resolution (the detail kept 48 px, not 32).
+    assert gray.max_side == 192 and plan.max_side == 288
+    student = make_plan(photo, 15, student=True).settings("distill.student.args")
+    assert student["distill.student.name"][0] == "encoder_unet"
+    assert student["distill.student.args.input_scale"][0] == 0.5 and student["distill.student.args.block"][0] == "dwsep"
+
+
+def test_an_architecture_the_user_chose_is_not_swapped_for_an_encoder():
+    photo = _fp(channels="rgb", median_size=(620, 530), large_extent=0.83, feature_width=109.0)
+    planned, record = plan_run(load_config(None, []), photo)
+    assert planned.model.name == "encoder_unet" and planned.model.args == {"encoder": "efficientnet_lite0"}
+    for chosen in (["model.args.base=8"], ["model.name=unet"]):
+        planned, record = plan_run(load_config(None, chosen), photo)
+        assert planned.model.name == "unet" and "model.args.encoder" not in planned.model.args
+        assert "model.name" not in record["applied"]
+        assert planned.data.max_side == make_plan(photo, encoder=False).max_side  # the scratch U-Net's resolution
+    planned, _ = plan_run(load_config(None, ["model.args.encoder=resnet18", "model.name=encoder_unet"]), photo)
+    assert planned.model.args == {"encoder": "resnet18"}

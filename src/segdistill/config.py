@@ -65,6 +65,10 @@ class ModelConfig:
     """A registered model (segdistill models lists them with their sizes)."""
     args: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the named model (checked against its signature)."""
+    pretrained: str = "auto"
+    """ImageNet weights for an encoder_unet's encoder: auto (an installed weights package, the cache,
+    else the hub where there is a network; none found: from scratch, with a notice), none, a weights
+    file or folder (.safetensors, or a .pth state dict), or an installed package's name."""
 
 
 @dataclass
@@ -139,6 +143,9 @@ class TrainConfig:
     """plateau scheduler: what the rate is multiplied by at each cut."""
     min_lr: float = 1e-6
     """Lowest learning rate of the schedules."""
+    encoder_lr: float = 0.1
+    """A pretrained encoder's learning rate as a fraction of lr: fine-tuned gently, it keeps what the
+    ImageNet weights know while the decoder learns at the full rate."""
     loss: Literal["bce", "dice", "jaccard", "focal", "bce_dice", "lovasz", "bce_lovasz"] = "bce_dice"
     """Task loss: bce, dice, jaccard, focal, bce_dice, lovasz or bce_lovasz (losses.py)."""
     pos_weight: float | Literal["auto"] | None = None

@@ -605,6 +605,12 @@ def model_rows(info: ModelInfo, cost: dict[str, Any], size: int) -> list[tuple[s
         rows.append(("CPU latency", f"{cost['cpu_ms']:.1f} ms per {size}x{size} image ({cost.get('how', '')})"))
     rows.append(("preprocessing", f"{pre.channels}, max side {pre.max_side or 'native'}"
                                   + (", inverted masks" if pre.invert else "")))
+    weights = info.summary.get("pretrained")
+    if isinstance(weights, dict):
+        rows.append(("encoder weights", f"{weights.get('encoder')}: ImageNet, from {weights.get('source')} "
+                                        f"({weights.get('licence')}; sha256 {weights.get('sha256')})"))
+    elif info.arch == "encoder_unet":
+        rows.append(("encoder weights", "none (trained from scratch)"))
     rows.append(("threshold", f"{info.threshold:g}"))
     rows.append(("test-time augmentation", "off" if info.tta == 1 else f"{info.tta} views"))
     return rows

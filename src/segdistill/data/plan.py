@@ -38,6 +38,12 @@ EPOCHS = (30, 150)
 """Fewest and most planned epochs without a time budget."""
 MIN_SAMPLES = 64
 """Fewest crops per epoch (a handful of images would otherwise make an epoch a few steps long)."""
+PHOTO_ENCODER = "efficientnet_lite0"
+"""The encoder for colour images: ImageNet-pretrained, MobileNet-class, the fastest to fine-tune on
+a CPU of the encoders with weights to be had (docs/training.md, "Pretrained encoders")."""
+STUDENT_ENCODER = {"encoder": PHOTO_ENCODER, "decoder": [48, 24, 16, 12, 8], "block": "dwsep", "input_scale": 0.5}
+"""The photo student: the same pretrained encoder at half the teacher's resolution under a thin,
+depthwise-separable decoder (a quarter of the pixels, a fraction of the decoder)."""
 
 
 @dataclass
@@ -57,15 +63,22 @@ class Plan:
     epochs: int
     """train.epochs (a time budget fits the epochs instead, by measuring them)."""
     reasons: dict[str, str] = field(default_factory=dict)
+    encoder: dict[str, Any] | None = None
+    """encoder_unet's arguments (a pretrained encoder, for colour images), or None: a unet of
+    ``base`` and ``depth``."""
 
     def settings(self, model: str = "model.args") -> dict[str, tuple[Any, str]]:
         """The plan as dotted config keys -> (value, reason); ``model``: where the width and depth
         go (``distill.student.args`` for a student)."""
         r = self.reasons
+        if self.encoder is None:
+            arch = {f"{model}.base": (self.base, r["base"]), f"{model}.depth": (self.depth, r["depth"])}
+        else:
+            arch = {f"{model.removesuffix('.args')}.name": ("encoder_unet", r["encoder"]),
+                    **{f"{model}.{k}": (v, r["encoder"]) for k, v in self.encoder.items()}}
         return {"data.max_side": (self.max_side, r["max_side"]), "train.input_size": (self.input_size, r["input_size"]),
                 "augment.hflip": (self.hflip, r["flips"]), "augment.vflip": (self.vflip, r["flips"]),
-                "augment.rot90": (self.rot90, r["flips"]), f"{model}.base": (self.base, r["base"]),
-                f"{model}.depth": (self.depth, r["depth"]),
+                "augment.rot90": (self.rot90, r["flips"]), **arch,
                 "train.samples_per_epoch": (self.samples_per_epoch, r["samples_per_epoch"]),
                 "train.epochs": (self.epochs, r["epochs"])}
 
@@ -81,10 +94,14 @@ def _ceil32(x: float) -> int:
     return max(32, int(math.ceil(x / 32)) * 32)
 
 
-def _detail_width(budget_minutes: float | None) -> float:
-    for limit, px in DETAIL_WIDTH:
+def _detail_width(budget_minutes: float | None, pretrained: bool = False) -> float:
+    """How thick the finest detail is kept on a budget; a pretrained encoder gets the next tier up
+    (it needs a few epochs, not dozens: measured on Kvasir, 95% of its final validation IoU after a
+    quarter of the run, so its budget buys resolution rather than epochs)."""
+    tiers = [px for _, px in DETAIL_WIDTH] + [DETAIL_WIDTH_UNBOUNDED]
+    for i, (limit, _) in enumerate(DETAIL_WIDTH):
         if budget_minutes is not None and budget_minutes <= limit:
-            return px
+            return tiers[min(i + int(pretrained), len(tiers) - 1)]
     return DETAIL_WIDTH_UNBOUNDED
 
 
@@ -92,10 +109,11 @@ def _budget_words(budget_minutes: float | None) -> str:
     return "a run without a time budget" if budget_minutes is None else f"a {budget_minutes:g}-minute budget"
 
 
-def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False) -> Plan:
+def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: bool = False, encoder: bool = True) -> Plan:
     """The plan for data with fingerprint ``fp`` and a run of ``budget_minutes`` (None: no budget).
     ``student``: a distillation, whose students learn for longer (twice the crops: on held-out
-    photos a 30-epoch distillation was still improving at its end)."""
+    photos a 30-epoch distillation was still improving at its end). ``encoder``: a pretrained
+    encoder may be planned (False where the user chose the architecture)."""
     w, h = fp.median_size
     longer, short = max(w, h, 1), max(min(w, h), 1)
     reasons: dict[str, str] = {}
@@ -103,7 +121,8 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     # Working resolution: shrink until the large objects fit a crop, or (with a short budget) until
     # the finest detail is as thin as the budget affords; never below the finest detail's minimum.
     large_px = fp.large_extent * short
-    detail = _detail_width(budget_minutes)
+    pretrained = encoder and _is_photo(fp)
+    detail = _detail_width(budget_minutes, pretrained)
     fit = min(1.0, CONTEXT_FILL * CROP / large_px) if large_px > 0 else 1.0
     cheap = min(1.0, detail / fp.feature_width) if fp.feature_width > 0 else 1.0
     scale = min(fit, cheap)
@@ -167,7 +186,26 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     reasons["samples_per_epoch"] = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
     reasons["epochs"] = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
                          else f"about {target} crops over the run")
-    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons)
+    args = _encoder(student, reasons) if pretrained else None
+    return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons, args)
+
+
+def _is_photo(fp: Fingerprint) -> bool:
+    """Colour images: the ones an ImageNet-pretrained encoder is planned for (not gray ones: see
+    :func:`_encoder`)."""
+    return fp.channels in ("rgb", "mixed")
+
+
+def _encoder(student: bool, reasons: dict[str, str]) -> dict[str, Any]:
+    """The pretrained encoder for colour images (the teacher's, or the photo student's); gray ones
+    keep the U-Net from scratch, which keeps its measured accuracy there (docs/training.md)."""
+    if student:
+        reasons["encoder"] = (f"colour images: the student keeps the ImageNet-pretrained {PHOTO_ENCODER} encoder at "
+                              "half the teacher's resolution, under a thin depthwise-separable decoder")
+        return dict(STUDENT_ENCODER)
+    reasons["encoder"] = (f"colour images: an ImageNet-pretrained {PHOTO_ENCODER} encoder (too few photos to learn "
+                          "edges and textures from scratch)")
+    return {"encoder": PHOTO_ENCODER}
 
 
 def apply_plan(values: dict[str, Any], settings: dict[str, tuple[Any, str]], given: set[str]) -> tuple[dict[str, Any], list[str]]:

@@ -26,6 +26,7 @@ from ..data.video import extract_frames, split_videos
 from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError
 from ..inference.sources import safe_relative_name
+from ..models.encoders import encoder_info
 from ..runtime import resolve_workers
 from .semi import MixedDataset, pseudo_paths, unlabelled_images
 from .targets import build_target_cache, default_cache_dir
@@ -47,7 +48,11 @@ class RunData:
 
 def build_preprocess(cfg: Config, train_images: list[Path]) -> Preprocess:
     channels = cfg.data.channels if cfg.data.channels != "auto" else infer_channels(train_images)
-    mean, std = compute_stats(train_images, channels, cfg.data.max_side)
+    if cfg.model.name == "encoder_unet":  # the normalisation the encoder's (ImageNet) weights expect
+        enc = encoder_info(str(cfg.model.args.get("encoder", "efficientnet_lite0")))
+        mean, std = (list(enc.mean), list(enc.std)) if channels == "rgb" else ([sum(enc.mean) / 3], [sum(enc.std) / 3])
+    else:
+        mean, std = compute_stats(train_images, channels, cfg.data.max_side)
     return Preprocess(channels=channels, mean=mean, std=std, max_side=cfg.data.max_side, invert=cfg.data.invert)
 
 

@@ -46,7 +46,7 @@ from .run import (
     validates,
 )
 from .targets import mean_foreground
-from .train import fit
+from .train import fit, start_weights
 
 log = logging.getLogger("segdistill")
 
@@ -201,6 +201,7 @@ def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torc
     data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher), device)  # type: ignore[arg-type]
     cp = build_compute(cfg, device)
     student = create_model(d.student.name, in_channels=tinfo.preprocess.in_channels, **d.student.args).to(device)
+    weights = start_weights(student, d.student, run_dir if state is not None else None)
     kd = _kd_loss(cfg, data, student, teacher).to(device)
     # The online teacher only infers, where channels_last pays on the CPU too (1.43x, benchmarks.md).
     teacher_cl = d.targets == "online" and use_channels_last(cfg.train.channels_last, device, training=False)
@@ -240,7 +241,7 @@ def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torc
             opt.plateau.step(row["val_iou"])
         summary = {"distilled_from": Path(d.teacher).name, "teacher_sha256": teacher_sha, "epoch": epoch,  # type: ignore[arg-type]
                    "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement",
-                   **({"plan": plan} if plan is not None else {})}
+                   **({"plan": plan} if plan is not None else {}), **({"pretrained": weights} if weights else {})}
         if rec.main:
             rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock, result)
         if rec.should_stop(cfg.train.early_stopping):

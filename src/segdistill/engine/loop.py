@@ -102,6 +102,19 @@ def build_optimizer(cfg: Config, params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
 
 
+def param_groups(cfg: Config, model: nn.Module, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+    """One group, or two for a model with an ``encoder``: its parameters apart, at
+    ``train.encoder_lr`` times the rate where the encoder started from pretrained weights (always
+    two groups for such a model, so a resumed run's optimiser state fits whatever it started from)."""
+    encoder = getattr(model, "encoder", None)
+    if not isinstance(encoder, nn.Module):
+        return [{"params": params}]
+    own = {id(p) for p in encoder.parameters()}
+    scale = cfg.train.encoder_lr if getattr(model, "pretrained_from", None) else 1.0
+    return [{"params": [p for p in params if id(p) not in own]},
+            {"params": [p for p in params if id(p) in own], "lr": cfg.train.lr * scale}]
+
+
 class WarmupCosine:
     """Per-step learning-rate factor: linear warm-up, then cosine down to ``floor``. A callable
     object rather than a closure so that LambdaLR saves its fields with the training state, and so
@@ -195,7 +208,7 @@ def build_optimization(cfg: Config, model: nn.Module, params: list[nn.Parameter]
                        amp_dtype: torch.dtype | None) -> Optimization:
     """Optimiser over ``params``, schedulers for ``epochs`` of ``steps_per_epoch``, the fp16 scaler
     and the EMA of ``model`` (when configured)."""
-    optimizer = build_optimizer(cfg, params)
+    optimizer = build_optimizer(cfg, param_groups(cfg, model, params))
     scheduler, plateau = build_schedulers(cfg, optimizer, steps_per_epoch, epochs)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     return Optimization(optimizer, scheduler, plateau, scaler, make_ema(model, cfg.train.ema), steps_per_epoch)

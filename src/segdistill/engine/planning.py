@@ -34,7 +34,13 @@ def plan_run(cfg: Config, fp: Fingerprint | None = None) -> tuple[Config, dict[s
     if cfg.train.plan == "off":
         return cfg, None
     fp = fp if fp is not None else train_fingerprint(cfg)
-    return _apply(cfg, fp, make_plan(fp, cfg.train.time_budget), "model", skip=set())
+    return _apply(cfg, fp, make_plan(fp, cfg.train.time_budget, encoder=not _chosen(cfg, "model")), "model", skip=set())
+
+
+def _chosen(cfg: Config, model: str) -> bool:
+    """Whether the user chose the architecture at ``model`` (its name or any argument): the plan
+    then never swaps it for an encoder's."""
+    return any(k == f"{model}.name" or k.startswith(f"{model}.args.") for k in given_keys(cfg))
 
 
 def plan_student(cfg: Config, transfer_images: int) -> tuple[Config, dict[str, Any] | None]:
@@ -52,7 +58,9 @@ def plan_student(cfg: Config, transfer_images: int) -> tuple[Config, dict[str, A
     else:
         log.info("no plan for the student: the teacher's file has no fingerprint and no labelled data was given")
         return cfg, None
-    plan = make_plan(dataclasses.replace(fp, images=transfer_images), cfg.train.time_budget, student=True)
+    # The search's grid is the unet family (its first candidate is the configured student).
+    encoder = not cfg.distill.search and not _chosen(cfg, "distill.student")
+    plan = make_plan(dataclasses.replace(fp, images=transfer_images), cfg.train.time_budget, student=True, encoder=encoder)
     return _apply(cfg, fp, plan, "distill.student", skip={"data.max_side", "distill.student.args.base"})
 
 
@@ -67,6 +75,11 @@ def _apply(cfg: Config, fp: Fingerprint, plan: Plan, model: str, skip: set[str])
     if spec.name != "unet":
         given |= {f"{model}.args.base", f"{model}.args.depth"}  # the unet's arguments
     values, applied = apply_plan(config_to_dict(cfg), settings, given)
+    if f"{model}.name" in applied and plan.encoder is not None:  # another architecture: only its own arguments
+        node = values
+        for part in model.split("."):
+            node = node[part]
+        node["args"] = dict(plan.encoder)
     planned = config_from_dict(values)
     planned._given = getattr(cfg, "_given", set())  # type: ignore[attr-defined]
     record = {"fingerprint": {**fp.to_dict(), "shown": fp.rows()}, "plan": plan.to_dict(),

@@ -21,8 +21,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from ..checkpoint import ModelInfo, load_model
-from ..config import Config, as_config
+from ..checkpoint import ModelInfo, load_model, read_model_info
+from ..config import Config, ModelConfig, as_config
 from ..data.preprocess import Preprocess
 from ..distributed import (
     all_ranks,
@@ -37,6 +37,7 @@ from ..fileio import write_json
 from ..losses import LossFn, make_task_loss
 from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
+from ..models.pretrained import load_pretrained
 from ..report import format_table
 from ..runtime import autocast, select_device, set_threads, use_channels_last
 from ..version import __version__
@@ -133,6 +134,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
          plan: dict[str, Any] | None) -> FitResult:
     data = build_run_data(cfg, cp.device, run_dir, state)
     model = create_model(cfg.model.name, in_channels=data.pre.in_channels, **cfg.model.args).to(cp.device)
+    weights = start_weights(model, cfg.model, run_dir if state is not None else None)
     model = model.to(memory_format=torch.channels_last) if cp.channels_last else model
     clock = make_clock(cfg, state, started, final_views=cfg.train.tta)
     opt = build_optimization(cfg, model, list(model.parameters()), len(data.train_loader), clock.epochs, cp.amp_dtype)
@@ -170,7 +172,8 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         if opt.plateau is not None and row["val_iou"] is not None:
             opt.plateau.step(row["val_iou"])
         if rec.main:
-            info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None, plan))
+            info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None, plan,
+                                                           weights))
             rec.save(final, info, capture(epoch, parts, rec, clock, preprocess=data.pre.to_dict(), pos_weight=pos_weight),
                      clock, result)
         if rec.should_stop(cfg.train.early_stopping):
@@ -204,6 +207,18 @@ def _wrap(model: nn.Module, cfg: Config, device: torch.device, distributed: bool
     if distributed:
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if cfg.train.compile else model  # type: ignore[return-value]
+
+
+def start_weights(model: nn.Module, spec: ModelConfig, resumed: Path | None = None) -> dict[str, str] | None:
+    """A new model's encoder gets the ImageNet weights ``spec.pretrained`` names (None: no
+    encoder, or none to be had); a resumed run's weights come from its state, and its record
+    from the model file it saved."""
+    if not hasattr(model, "encoder"):
+        return None
+    if resumed is not None:
+        file = resumed / "model.safetensors"
+        return read_model_info(file).summary.get("pretrained") if file.is_file() else None
+    return load_pretrained(model, str(spec.args.get("encoder", "efficientnet_lite0")), spec.pretrained)
 
 
 def _model_info(cfg: Config, pre: Preprocess, summary: dict[str, Any]) -> ModelInfo:
@@ -294,7 +309,7 @@ def _update_pseudo_labels(cfg: Config, data: RunData, train_set: MixedDataset, m
 
 
 def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epoch: int, result: EvalResult | None,
-             plan: dict[str, Any] | None = None) -> dict[str, Any]:
+             plan: dict[str, Any] | None = None, weights: dict[str, str] | None = None) -> dict[str, Any]:
     s: dict[str, Any] = {
         "run": cfg.name,
         "data": cfg.data.root,
@@ -314,6 +329,8 @@ def _summary(cfg: Config, data: RunData, history: list[dict[str, Any]], best_epo
     }
     if plan is not None:
         s["plan"] = plan  # what the data decided, and why (plan.json)
+    if weights is not None:
+        s["pretrained"] = weights  # where the encoder's starting weights came from (model card)
     if result is not None:
         s.update({f"val_{k}": round(v, 6) for k, v in result.metrics.items() if not k.endswith("per_image")})
     return s

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .blocks import Act, Block, ConvBlock, Norm, Up, act_layer, norm_layer, pad_to_multiple
+from .encoder_unet import encoder_multiple
 from .registry import register_model
 
 KERAS_BN_EPS = 1e-3
@@ -53,7 +54,10 @@ def input_multiple(args: Mapping[str, Any]) -> int:
     """What a U-Net pads its input's height and width to, from its model-file arguments: the total
     down-sampling, ``2**depth`` times the stem's factor. The one place this rule lives (the model's
     own padding, the inference backends and the ONNX export's dynamic dimensions all ask here);
-    arguments without ``depth`` (no registered model) count as depth 4."""
+    arguments without ``depth`` (no registered model) count as depth 4; an encoder U-Net's is its
+    encoder's 32 at its working scale."""
+    if "encoder" in args:
+        return encoder_multiple(float(args.get("input_scale", 1.0)))
     stem = str(args.get("stem", "none"))
     if stem not in STEM_SCALE:
         raise ValueError(f"unknown stem '{stem}' ({', '.join(STEM_SCALE)})")
