@@ -28,9 +28,9 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Offenders still to split (issue 29). This list only shrinks: a module or function that grows
 # past the limit, or a new one, fails; one that falls under it must be taken off the list.
-LONG_MODULES = {"cli", "config", "data.standard", "engine.search", "html_report"}
+LONG_MODULES = {"config", "data.standard", "engine.search", "html_report"}
 LONG_FUNCTIONS = {
-    "cli.build_parser", "config._coerce", "data.plan.make_plan", "engine.distill.distill_student",
+    "config._coerce", "data.plan.make_plan", "engine.distill.distill_student",
     "engine.evaluate.evaluate",
 }
 
@@ -133,7 +133,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_sees_imports_inside_functions() -> None:
     graph = _graph()
-    assert "version" in graph["cli"]
+    assert "jobs.train" in graph["cli.commands"]
     assert "checkpoint" in graph["engine.train"]
 
 

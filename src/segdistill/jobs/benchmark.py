@@ -25,7 +25,8 @@ from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
 from ..inference.choose import cache_key, choose, measure, remember
 from ..measure import cpu_features, matmul_gflops, model_gflops, throughput
 from ..report import format_table
-from ..runtime import cpu_description, select_device
+from ..runtime import cpu_description, select_device, set_threads
+from . import model_file
 
 log = logging.getLogger("segdistill")
 
@@ -174,3 +175,18 @@ def _print(rows: list[dict[str, Any]], features: dict[str, bool], peak_fp32: flo
         if "speedup_vs_first" in r:
             line += f"; {r['speedup_vs_first']:.1f}x faster than the first model (GFLOP ratio {r['gflop_ratio_vs_first']:.1f}x)"
         print(line)
+
+
+def run_benchmark(models: list[str], backend: str = "all", size: list[int] | None = None,
+                  batch_sizes: list[int] = (1, 2, 4, 8), runs: int = 20, data: str | None = None,  # type: ignore[assignment]
+                  json_out: str | None = None, threads: int | str | None = None) -> None:
+    """The benchmark command: one run folder alone is benchmarked as a run (:func:`benchmark_run`),
+    anything else as model files (the first is the reference)."""
+    set_threads(threads or "auto")
+    run_dir = Path(models[0])
+    if len(models) == 1 and (run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file():
+        benchmark_run(run_dir, backend=backend, size=size, batch_sizes=batch_sizes, runs=runs, data=data,
+                      json_out=json_out)
+        return
+    benchmark_models([model_file(m) for m in models], backend=backend, size=size, batch_sizes=batch_sizes,
+                     runs=runs, json_out=json_out, data=data)

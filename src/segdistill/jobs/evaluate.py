@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import read_model_info
 from ..checkpoint import store_threshold as store
+from ..config import load_config
 from ..data.dataset import Item, SegDataset
 from ..engine.evaluate import EvalResult, evaluate, evaluation_pairs, training_split
 from ..errors import SegdistillError
@@ -20,6 +21,7 @@ from ..inference.backends import is_onnx
 from ..inference.choose import MEASURE_IMAGES, open_backend
 from ..metrics import SWEEP_THRESHOLDS
 from ..report import format_table, write_csv
+from ..runtime import set_threads
 
 log = logging.getLogger("segdistill")
 
@@ -100,3 +102,14 @@ def evaluate_model(
         old = store(model_path, best)
         log.info("threshold stored in %s: %g -> %g", model_path, old, best)
     return result
+
+
+def run_evaluate(model: str, data: str, config: str | None = None, overrides: list[str] = (),  # type: ignore[assignment]
+                 threads: int | str | None = None, threshold: float | None = None, device: str | None = None,
+                 **options: Any) -> EvalResult:
+    """The evaluate command: settings from ``config`` (device, threads, predict.threshold) unless
+    given; ``options`` as in :func:`evaluate_model`."""
+    cfg = load_config(config, list(overrides))
+    set_threads(threads or cfg.threads)
+    return evaluate_model(model, data, threshold=threshold if threshold is not None else cfg.predict.threshold,
+                          device=device or cfg.device, **options)
