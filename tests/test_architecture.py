@@ -28,7 +28,7 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Offenders still to split (issue 29). This list only shrinks: a module or function that grows
 # past the limit, or a new one, fails; one that falls under it must be taken off the list.
-LONG_MODULES = {"config", "data.standard", "engine.search", "html_report"}
+LONG_MODULES = {"config", "data.standard", "engine.search.orchestrate", "html_report"}
 LONG_FUNCTIONS = {
     "config._coerce", "data.plan.make_plan", "engine.distill.distill_student",
     "engine.evaluate.evaluate",
@@ -82,7 +82,11 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         else:
             continue
         found.update(r for r in resolved if r is not None and r != name)
-    return found
+    # Importing a.b.c from outside package a.b runs the package faces a/__init__ and a/b/__init__
+    # first (segdistill/__init__ imports nothing of its own until asked: left out).
+    found |= {face for m in found if not m.startswith("<") for k in range(1, m.count(".") + 1)
+              if not (name + ".").startswith((face := ".".join(m.split(".")[:k])) + ".")}
+    return found - {name}
 
 
 def _graph() -> dict[str, set[str]]:

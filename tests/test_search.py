@@ -24,6 +24,7 @@ from segdistill.engine.search import (
     default_budget_s,
     first_epochs,
     halving_schedule,
+    orchestrate,
     pareto_front,
     pareto_layers,
     pick_winner,
@@ -168,7 +169,7 @@ def teacher(tiny_model):
 
 @pytest.fixture(autouse=True)
 def _torch_latency_only(monkeypatch):
-    monkeypatch.setattr(search, "_latency_choices", lambda: [Choice("torch", "fp32", True)])
+    monkeypatch.setattr(orchestrate, "_latency_choices", lambda: [Choice("torch", "fp32", True)])
 
 
 def _search(teacher, synth_dir, out, name, objective, *extra):

@@ -17,7 +17,7 @@ from ..engine.data import transfer_images
 from ..engine.distill import DistillResult, distill_student, student_config
 from ..engine.planning import plan_student
 from ..engine.run import complete_message, open_run, read_plan
-from ..engine.search import search_student
+from ..engine.search.orchestrate import search_student
 from ..runtime import select_device, set_threads
 
 log = logging.getLogger("segdistill")
