@@ -182,7 +182,7 @@ def _curves(run_dir: Path) -> Section:
 
 
 def _search_section(run_dir: Path, search: dict[str, Any]) -> Section:
-    """The student search (engine/search.py): its Pareto plot and every candidate."""
+    """The student search (engine/search/): its Pareto plot and every candidate."""
     from .engine.search_report import pareto_figure
 
     d = _read_json(run_dir / "search.json")

@@ -22,10 +22,12 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_gflops(model: nn.Module, in_channels: int, size: int) -> float:
-    """Forward GFLOPs (multiply-adds count as 2 FLOPs) for one (in_channels, size, size) image."""
+def count_gflops(model: nn.Module, in_channels: int, size: int | tuple[int, int]) -> float:
+    """Forward GFLOPs (multiply-adds count as 2 FLOPs) for one (in_channels, size) image; an int
+    ``size`` is a square. The one FLOP counter: reports, the benchmark and the search use it."""
     model = model.eval()
-    x = torch.zeros(1, in_channels, size, size, device=next(model.parameters()).device)
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.zeros(1, in_channels, h, w, device=next(model.parameters()).device)
     with FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops() / 1e9
@@ -80,13 +82,8 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, runs: int =
 def model_gflops(info: ModelInfo, size: tuple[int, int]) -> tuple[int, float]:
     """(parameters, forward GFLOPs for one image of ``size``): counted on the architecture rebuilt
     from the file's metadata (weights do not change the count; an .onnx file has the same)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = create_model(info.arch, **info.args).eval()
-    x = torch.zeros(1, info.preprocess.in_channels, *size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return count_params(model), counter.get_total_flops() / 1e9
+    model = create_model(info.arch, **info.args)
+    return count_params(model), count_gflops(model, info.preprocess.in_channels, size)
 
 
 def rss_mb(field: str) -> float | None:

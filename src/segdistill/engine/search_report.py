@@ -1,4 +1,4 @@
-"""The report of a student search (engine/search.py): every candidate with its parameters, GFLOPs,
+"""The report of a student search (engine/search/): every candidate with its parameters, GFLOPs,
 latency, IoU and epochs, the accuracy/latency Pareto front as a plot (search_pareto.png), the winner
 marked and, with ``--baseline``, its labels-only twin; as search.md, as the ``search`` section of
 distill_report.json, and as a table in the log."""
