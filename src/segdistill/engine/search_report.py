@@ -11,7 +11,7 @@ from typing import Any
 
 from ..fileio import atomic_path, write_json, write_text
 from ..report import format_table
-from .search.rules import Score, pareto_front
+from .search.rules import Objective, Score, pareto_front
 
 log = logging.getLogger("segdistill")
 
@@ -156,3 +156,23 @@ def _cell(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def log_outcome(d: dict[str, Any], objective: Objective) -> None:
+    """The search's last log line: whether the winner met the objective, and by how much."""
+    w, f = d["winner"], d["final"]
+    lat = d["latency"][w["name"]]
+    if f["meets"]:
+        log.info("search %s: %s meets it: IoU %.4f (%.1f%% of the teacher's), %.2f ms (%s)", objective, w["name"],
+                 f["iou"], 100 * (f["keeps"] or 0), lat["latency_ms"], lat["backend"])
+    elif objective.kind == "keep":
+        log.warning("search %s: no student was shown to keep %.0f%% of the teacher's IoU; the closest bet, %s, keeps "
+                    "%.1f%% after its full distillation (a larger student or a longer run would keep more)", objective,
+                    100 * objective.value, w["name"], 100 * (f["keeps"] or 0))
+    else:
+        log.warning("search %s: no student runs that fast here; the fastest found, %s, takes %.2f ms", objective,
+                    w["name"], lat["latency_ms"])
+
+
+def format_params(params: int) -> str:
+    return f"{params / 1e6:.3f}M" if params >= 1e5 else f"{params / 1e3:.1f}K"

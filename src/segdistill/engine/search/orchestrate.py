@@ -37,35 +37,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from ... import html_report
-from ...checkpoint import ModelInfo, load_model, read_model_info, save_model
+from ...checkpoint import ModelInfo, read_model_info, save_model
 from ...config import Config, ModelConfig
 from ...distributed import is_distributed
 from ...errors import ConfigError
-from ...fileio import write_json
 from ...inference.backends import Choice
 from ...inference.backends import candidates as backend_choices
-from ...losses import prob_to_logit
 from ...measure import count_params
 from ...models import create_model, resolved_args
 from ...models.registry import model_signature
 from .. import clock
 from ..clock import format_duration
-from ..data import build_distill_data, transfer_images
+from ..data import transfer_images
 from ..distill import DistillResult, TeacherFigures, distill_student
-from ..evaluate import evaluate
 from ..run import complete_message, open_run, start_run
-from ..search_report import write_search_report
+from ..search_report import format_params, log_outcome, write_search_report
+from .book import Book
 from .rules import (
     BUDGET_FACTOR,
     MAX_CANDIDATES,
     MAX_LATENCY_SHARE,
     SHRINK,
     Objective,
-    Score,
     candidate_grid,
     candidate_name,
     cost_ratio,
@@ -80,66 +75,12 @@ from .rules import (
     spread,
     weighted_cost,
 )
+from .teacher import score_teacher
 
 log = logging.getLogger("segdistill")
 
 # --------------------------------------------------------------------------------------------------
 # The search.
-
-
-class _Book:
-    """RUN/search.json: what the search measured and decided, saved atomically after every step;
-    ``spent`` counts the seconds of every session (engine.clock's clock, replaceable in tests)."""
-
-    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
-        self.path, self.data = run_dir / "search.json", data
-        self._base, self._t0 = float(data.get("spent_s", 0.0)), clock._now()
-
-    @classmethod
-    def open(cls, run_dir: Path, fresh: bool) -> _Book:
-        path = run_dir / "search.json"
-        if fresh:  # --overwrite onto an earlier run: nothing of its search may pass for this one's
-            for name in ("search.json", "search.md", "search_pareto.png"):
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "search", ignore_errors=True)
-        return cls(run_dir, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"runs": []})
-
-    @property
-    def spent(self) -> float:
-        return self._base + clock._now() - self._t0
-
-    def save(self) -> None:
-        self.data["spent_s"] = round(self.spent, 3)
-        write_json(self.path, self.data)
-
-    def runs(self, rung: int) -> dict[str, dict[str, Any]]:
-        return {r["name"]: r for r in self.data["runs"] if r["rung"] == rung}
-
-    def epoch_s(self, name: str) -> float:
-        """Seconds an epoch of ``name`` took (its latest run); before it ran, the configured
-        student's epoch scaled by :func:`cost_ratio` (a student 10x slower to run is about 10x slower
-        to train; one the size of the first has an epoch as long)."""
-        mine = [r["epoch_s"] for r in self.data["runs"] if r["name"] == name]
-        if mine:
-            return float(mine[-1])
-        return self._predicted(name) * max([1.0] + [r["epoch_s"] / self._predicted(r["name"]) for r in self.data["runs"]])
-
-    def epoch_only_s(self, name: str) -> float:
-        """An epoch of ``name`` without its run's fixed cost (a long run's epochs), once it ran."""
-        run = [r for r in self.data["runs"] if r["name"] == name][-1]
-        return float(run.get("epoch_only_s", run["epoch_s"]))
-
-    def _predicted(self, name: str) -> float:
-        """An epoch of ``name`` from the configured student's and the quick timings (the estimate
-        above, before it learns from the runs how far off such estimates were: the worst miss
-        so far scales every estimate up, so a budget is kept by overestimates)."""
-        ref = self.data["reference"]
-        t_ref = next(r["epoch_s"] for r in self.data["runs"] if r["name"] == ref)
-        grid = {g["name"]: g for g in self.data["grid"]}
-        return t_ref * cost_ratio(grid[name]["latency_ms"], grid[ref]["latency_ms"])
-
-    def score(self, run: dict[str, Any]) -> Score:
-        return Score(run["name"], float(run["iou"]), float(self.data["latency"][run["name"]]["latency_ms"]))
 
 
 def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
@@ -151,11 +92,11 @@ def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch
     if fresh:
         _check(cfg)
         start_run(run_dir, cfg, plan)  # config.yaml: what --resume continues
-    book = _Book.open(run_dir, fresh)
+    book = Book.open(run_dir, fresh)
     objective = Objective.parse(cfg.distill.search)  # type: ignore[arg-type]
     book.data.setdefault("objective", str(objective))
     if "teacher" not in book.data:
-        _teacher(cfg, book, device)
+        score_teacher(cfg, book, device)
     if "grid" not in book.data:
         _grid(cfg, book)
     reference = book.data["reference"]
@@ -195,48 +136,7 @@ def _reference_args(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k in signature and k != "in_channels"}
 
 
-class _SoftAsImage(Dataset):
-    """A validation set whose "image" is the teacher's cached probability map."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.dataset[i]
-        return {**item, "image": item["soft"]}
-
-
-class _CachedTeacher(nn.Module):
-    """The teacher's cached predictions as a model: probabilities in, logits out."""
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        return prob_to_logit(p)
-
-
-def _teacher(cfg: Config, book: _Book, device: torch.device) -> None:
-    """Fill the target cache (the only teacher passes of the search) and score the teacher on the
-    validation images from its cached predictions."""
-    path = Path(cfg.distill.teacher)  # type: ignore[arg-type]
-    teacher, tinfo = load_model(path, device)
-    data = build_distill_data(cfg, teacher, tinfo, path, device)
-    del teacher
-    if data.val_loader is None:
-        raise ConfigError("--search compares students on validation images, and there are none")
-    metrics = {"iou": 1.0, "dice": 1.0}  # without labels students are scored by agreement with the teacher
-    if data.val_key == "mask":
-        loader = DataLoader(_SoftAsImage(data.val_loader.dataset), batch_size=1)
-        m = evaluate(_CachedTeacher(), loader, torch.device("cpu"), tinfo.threshold).metrics
-        metrics = {"iou": round(m["iou"], 6), "dice": round(m["dice"], 6)}
-    book.data["validation"] = "labels" if data.val_key == "mask" else "agreement with the teacher"
-    book.data["teacher"] = {"file": str(path), "arch": tinfo.arch, "val_iou": metrics["iou"], "val_dice": metrics["dice"],
-                            "forward_passes": data.teacher_passes}
-    book.save()
-
-
-def _grid(cfg: Config, book: _Book) -> None:
+def _grid(cfg: Config, book: Book) -> None:
     """The grid: parameters, GFLOPs and a quick torch latency of every candidate and the teacher."""
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
     size, size_from = _latency_size(cfg, tinfo)
@@ -249,8 +149,8 @@ def _grid(cfg: Config, book: _Book) -> None:
         if i == 0 or teacher_params / SHRINK[1] <= params <= teacher_params / SHRINK[0]:
             grid.append({"name": candidate_name(args), "args": args, "params": params})
     log.info("search %s: %d students of the unet family considered (%s-%s parameters, the teacher has %s); timing "
-             "each at %dx%d (%s) ...", cfg.distill.search, len(grid), _m(min(g["params"] for g in grid)),
-             _m(max(g["params"] for g in grid)), _m(teacher_params), *size, size_from)
+             "each at %dx%d (%s) ...", cfg.distill.search, len(grid), format_params(min(g["params"] for g in grid)),
+             format_params(max(g["params"] for g in grid)), format_params(teacher_params), *size, size_from)
     quick = _latencies([(g["name"], "unet", {"in_channels": ch, **g["args"]}) for g in grid]
                        + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, [Choice("torch", "fp32", True)], runs=3)
     for g in grid:
@@ -307,7 +207,7 @@ def _latencies(models: list[tuple[str, str, dict[str, Any]]], tinfo: ModelInfo, 
     return out
 
 
-def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
+def _plan(cfg: Config, book: Book, objective: Objective) -> None:
     """The budget, how many candidates it affords, which ones, their rungs; each candidate timed on
     every backend."""
     d, full = book.data, cfg.train.epochs
@@ -353,12 +253,12 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
     _log_plan(book, objective)
 
 
-def _log_plan(book: _Book, objective: Objective) -> None:
+def _log_plan(book: Book, objective: Objective) -> None:
     from ...report import format_table
 
     d = book.data
     rungs = "; ".join(f"rung {k + 1}: {r['candidates']} x {r['epochs']} epoch(s)" for k, r in enumerate(d["rungs"]))
-    rows = [{"candidate": c, "params": _m(g["params"]), "GFLOPs": g["gflops"],
+    rows = [{"candidate": c, "params": format_params(g["params"]), "GFLOPs": g["gflops"],
              "latency ms": d["latency"][c]["latency_ms"], "backend": d["latency"][c]["backend"]}
             for c in d["candidates"] for g in d["grid"] if g["name"] == c]
     log.info("%s\nsearch %s, budget %s (%s): %s; then the winner x %d epochs (its full distillation)",
@@ -366,7 +266,7 @@ def _log_plan(book: _Book, objective: Objective) -> None:
              objective, format_duration(d["budget_s"]), d["budget_from"], rungs, d["full_epochs"])
 
 
-def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device: torch.device) -> None:
+def _rungs(cfg: Config, book: Book, run_dir: Path, objective: Objective, device: torch.device) -> None:
     """Successive halving; stops before a run that would leave too little of the budget for the
     winner's full distillation."""
     d, full = book.data, cfg.train.epochs
@@ -390,14 +290,14 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
                 return
             run = _run(cfg, book, run_dir, name, k, rung["epochs"], device, rung["epochs"] * book.epoch_s(name))
             log.info("search rung %d/%d, %d/%d: %s (%s parameters, %.2f ms): IoU %.4f after %d epoch(s) (%.0fs); %s of %s",
-                     k + 1, len(d["rungs"]), i + 1, len(members), name, _m(_entry(d, name)["params"]),
+                     k + 1, len(d["rungs"]), i + 1, len(members), name, format_params(_entry(d, name)["params"]),
                      d["latency"][name]["latency_ms"], run["iou"], run["epochs"], run["seconds"],
                      format_duration(book.spent), format_duration(d["budget_s"]))
     d["stopped"] = {"reason": "done"}
     book.save()
 
 
-def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device,
+def _run(cfg: Config, book: Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device,
          expected_s: float | None = None) -> dict[str, Any]:
     """The short distillation of candidate ``name`` in RUN/search/NAME-rK (resumed when its own
     training state is there), recorded in search.json (with ``expected_s``, the seconds the budget
@@ -457,7 +357,7 @@ def _entry(d: dict[str, Any], name: str) -> dict[str, Any]:
     return next(g for g in d["grid"] if g["name"] == name)
 
 
-def last_full_rung(book: _Book, objective: Objective) -> int:
+def last_full_rung(book: Book, objective: Objective) -> int:
     """The deepest rung every member of which was distilled (rung 1 when even it was cut short)."""
     d, deepest = book.data, 0
     for k in range(1, len(d.get("rungs", []))):
@@ -469,7 +369,7 @@ def last_full_rung(book: _Book, objective: Objective) -> int:
     return deepest
 
 
-def _pick(book: _Book, objective: Objective) -> None:
+def _pick(book: Book, objective: Objective) -> None:
     """The winner, from the last full rung: for ``keep``, the fastest keeping the share of the
     teacher's IoU; when none does yet after so few epochs, the share of the best IoU of the rung
     (that student standing in for the teacher after a full distillation). Only candidates an epoch
@@ -496,7 +396,7 @@ def _pick(book: _Book, objective: Objective) -> None:
              pick.name, k + 1, run["iou"], run["epochs"], d["latency"][pick.name]["latency_ms"], rule)
 
 
-def _final(cfg: Config, book: _Book, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
+def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
            objective: Objective) -> DistillResult:
     """The winner's full distillation in the run folder (its time fitted to what is left of the
     budget when that is short), then the search's report."""
@@ -534,24 +434,5 @@ def _final(cfg: Config, book: _Book, run_dir: Path, state: dict | None, device: 
     report = write_search_report(run_dir, d, result.report)
     if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
         log.info("report: %s", html_report.write_run_report(run_dir))
-    _log_outcome(d, objective)
+    log_outcome(d, objective)
     return DistillResult(run_dir, result.history, report)
-
-
-def _log_outcome(d: dict[str, Any], objective: Objective) -> None:
-    w, f = d["winner"], d["final"]
-    lat = d["latency"][w["name"]]
-    if f["meets"]:
-        log.info("search %s: %s meets it: IoU %.4f (%.1f%% of the teacher's), %.2f ms (%s)", objective, w["name"],
-                 f["iou"], 100 * (f["keeps"] or 0), lat["latency_ms"], lat["backend"])
-    elif objective.kind == "keep":
-        log.warning("search %s: no student was shown to keep %.0f%% of the teacher's IoU; the closest bet, %s, keeps "
-                    "%.1f%% after its full distillation (a larger student or a longer run would keep more)", objective,
-                    100 * objective.value, w["name"], 100 * (f["keeps"] or 0))
-    else:
-        log.warning("search %s: no student runs that fast here; the fastest found, %s, takes %.2f ms", objective,
-                    w["name"], lat["latency_ms"])
-
-
-def _m(params: int) -> str:
-    return f"{params / 1e6:.3f}M" if params >= 1e5 else f"{params / 1e3:.1f}K"
