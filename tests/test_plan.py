@@ -207,3 +207,19 @@ def test_an_architecture_the_user_chose_is_not_swapped_for_an_encoder():
         assert planned.data.max_side == make_plan(photo, encoder=False).max_side  # the scratch U-Net's resolution
     planned, _ = plan_run(load_config(None, ["model.args.encoder=resnet18", "model.name=encoder_unet"]), photo)
     assert planned.model.args == {"encoder": "resnet18"}
+
+
+def test_gray_content_saved_as_rgb_is_not_a_photo():
+    from segdistill.data.fingerprint import has_colour
+
+    rng = np.random.default_rng(0)
+    gray = rng.integers(0, 255, (80, 90), dtype=np.uint8)
+    assert not has_colour(Image.fromarray(np.stack([gray] * 3, -1)))  # fluorescence saved as RGB
+    assert not has_colour(Image.fromarray(np.stack([gray] * 3 + [gray], -1), "RGBA"))
+    assert not has_colour(Image.fromarray(gray))
+    stain = np.stack([gray, (gray * 0.4).astype(np.uint8), gray], -1)  # purple, as H&E
+    assert has_colour(Image.fromarray(stain))
+    mostly_gray = _fp(channels="rgb", colour_fraction=0.2)
+    assert not mostly_gray.photos and make_plan(mostly_gray, 30).encoder is None
+    assert _fp(channels="mixed", colour_fraction=0.8).photos
+    assert _fp(channels="rgb").photos  # a fingerprint recorded before colour was measured

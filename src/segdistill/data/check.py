@@ -17,7 +17,7 @@ import numpy as np
 from ..config import DataConfig
 from ..errors import DataError
 from .discovery import Pair, Split, discover
-from .fingerprint import Fingerprint, MaskStats, fingerprint, mask_stats
+from .fingerprint import Fingerprint, MaskStats, fingerprint, has_colour, mask_stats
 from .imageio import image_channels, mask_to_array, open_image
 
 
@@ -34,17 +34,18 @@ class CheckReport:
     fg_fractions: list[float] = field(default_factory=list)
     mask_stats: list[MaskStats] = field(default_factory=list)
     channels: list[str] = field(default_factory=list)
+    colourful: list[bool] = field(default_factory=list)
     train_read: tuple[int, int] = (0, 0)
     """How many mask statistics and image sizes the training pairs gave (they are read first)."""
 
     def fingerprint(self) -> Fingerprint:
         """The data's fingerprint (data/fingerprint.py) from what the check read."""
-        return fingerprint(self.mask_stats, self.sizes, self.channels)
+        return fingerprint(self.mask_stats, self.sizes, self.channels, self.colourful)
 
     def train_fingerprint(self) -> Fingerprint:
         """The fingerprint of the training pairs alone: what a training run plans from."""
         masks, images = self.train_read
-        return fingerprint(self.mask_stats[:masks], self.sizes[:images], self.channels[:images])
+        return fingerprint(self.mask_stats[:masks], self.sizes[:images], self.channels[:images], self.colourful[:images])
 
     def warn_crops(self, input_size: int) -> None:
         """Warn, first, when crops of ``input_size`` are larger than the images."""
@@ -94,6 +95,11 @@ def check_pair(pair: Pair, invert: bool, report: CheckReport) -> None:
     report.image_modes[f"{im.mode}/{image_channels(im)}ch/{bits}-bit"] += 1
     report.sizes.append(im.size)
     report.channels.append("gray" if image_channels(im) == 1 else "rgb")
+    try:
+        report.colourful.append(has_colour(im))
+    except (OSError, ValueError) as e:  # a truncated or undecodable image: the error is the pair's
+        report.errors.append(f"{pair.image}: cannot decode the image ({e})")
+        return
     if pair.mask is None:
         return
     try:

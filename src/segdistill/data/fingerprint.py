@@ -20,6 +20,11 @@ GRID = 64
 """Masks are measured on a grid of at most this many rows/columns (objects smaller than a cell of
 it count as part of their neighbourhood: enough for sizes relative to the image)."""
 
+COLOUR_CHROMA = 0.04
+"""An image has colour when its pixels' mean chroma (max - min of R, G, B, on a 0-1 scale, on a
+thumbnail) exceeds this: gray content saved as RGB (and JPEG's faint colour noise) stays below it,
+photos and stained tissue lie far above (0.1-0.3)."""
+
 ORIENTATION_Z = 4.0
 """How many standard errors the objects' mean top-bottom imbalance must lie from 0 for the masks to
 count as having an up and a down (random orientations average out; upright objects do not)."""
@@ -44,6 +49,16 @@ class MaskStats:
     the foreground and background areas / the boundary's length (a line's width, a disc's radius);
     None without a boundary. The finest detail a downscaled working resolution must keep: thick
     cells with thin gaps between them are as fine as the gaps."""
+
+
+def has_colour(im: Image.Image) -> bool:
+    """Whether a decoded image's pixels have colour (mean chroma of a thumbnail > COLOUR_CHROMA)."""
+    if im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return False
+    small = im.convert("RGB")
+    small.thumbnail((64, 64))
+    rgb = np.asarray(small, dtype=np.float32) / 255.0  # (h, w, 3)
+    return float((rgb.max(-1) - rgb.min(-1)).mean()) > COLOUR_CHROMA
 
 
 def mask_stats(fg: np.ndarray, grid: int = GRID) -> MaskStats:
@@ -148,6 +163,16 @@ class Fingerprint:
     """vertical_bias in standard errors: how sure it is not 0."""
     horizontal_z: float
     """The same for left-right (photos are mostly mirror-symmetric: a control)."""
+    colour_fraction: float | None = None
+    """Share of the images whose pixels have colour (not gray content in an RGB file: fluorescence
+    microscopy is often saved so); None in fingerprints recorded before it was measured."""
+
+    @property
+    def photos(self) -> bool:
+        """Mostly colour images: what an ImageNet-pretrained encoder is planned for."""
+        if self.colour_fraction is not None:
+            return self.colour_fraction >= 0.5
+        return self.channels in ("rgb", "mixed")
 
     @property
     def upright(self) -> bool:
@@ -175,11 +200,14 @@ class Fingerprint:
             "object extent / shorter side (median; large, p90)": f"{self.object_extent:.3f}; {self.large_extent:.3f}",
             "finest detail: thinner class's width (median, px)": f"{self.feature_width:.1f}",
             "orientation": f"{side} (vertical z {self.vertical_z:+.1f}, left-right z {self.horizontal_z:+.1f})",
+            **({"colour images": f"{self.colour_fraction:.0%}"} if self.colour_fraction is not None else {}),
         }
 
 
-def fingerprint(stats: list[MaskStats], sizes: list[tuple[int, int]], channels: list[str]) -> Fingerprint:
-    """Combine per-mask statistics, image sizes (width, height) and channels ("gray"/"rgb")."""
+def fingerprint(stats: list[MaskStats], sizes: list[tuple[int, int]], channels: list[str],
+                colourful: list[bool] | None = None) -> Fingerprint:
+    """Combine per-mask statistics, image sizes (width, height), channels ("gray"/"rgb") and
+    whether each image's pixels have colour."""
     objects = [s for m in stats for s in m.object_sizes]
     largest = [m.object_sizes[0] for m in stats if m.object_sizes]
     vertical = [v for m in stats for v in m.vertical_offsets]
@@ -202,6 +230,7 @@ def fingerprint(stats: list[MaskStats], sizes: list[tuple[int, int]], channels: 
         vertical_bias=float(np.mean(vertical)) if vertical else 0.0,
         vertical_z=_z(vertical),
         horizontal_z=_z(horizontal),
+        colour_fraction=round(float(np.mean(colourful)), 4) if colourful else None,
     )
 
 

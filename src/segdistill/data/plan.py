@@ -191,9 +191,9 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
 
 
 def _is_photo(fp: Fingerprint) -> bool:
-    """Colour images: the ones an ImageNet-pretrained encoder is planned for (not gray ones: see
-    :func:`_encoder`)."""
-    return fp.channels in ("rgb", "mixed")
+    """Mostly colour images: the ones an ImageNet-pretrained encoder is planned for (not gray
+    ones, nor gray content saved as RGB: see :func:`_encoder`)."""
+    return fp.photos
 
 
 def _encoder(student: bool, reasons: dict[str, str]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def train_fingerprint(cfg: Config) -> Fingerprint:
     report = CheckReport()
     for pair in discover(cfg.data, cfg.seed).train:
         check_pair(pair, cfg.data.invert, report)
-    return fingerprint(report.mask_stats, report.sizes, report.channels)
+    return fingerprint(report.mask_stats, report.sizes, report.channels, report.colourful)
 
 
 def plan_run(cfg: Config, fp: Fingerprint | None = None) -> tuple[Config, dict[str, Any] | None]:
