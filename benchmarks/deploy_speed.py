@@ -26,7 +26,7 @@ import torch
 
 from segdistill.checkpoint import ModelInfo, read_model_info, save_model
 from segdistill.deploy.quantize import export_int8
-from segdistill.deploy.speed import benchmark_models
+from segdistill.jobs.benchmark import benchmark_models
 from segdistill.models.registry import create_model
 
 DATA = common.SHARED_DATA / "membrane" / "train"

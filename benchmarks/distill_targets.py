@@ -25,9 +25,9 @@ from segdistill.checkpoint import load_model
 from segdistill.config import load_config
 from segdistill.data.discovery import discover, list_images
 from segdistill.data.synth import make_synthetic_dataset
-from segdistill.engine.distill import distill
 from segdistill.engine.targets import build_target_cache
 from segdistill.engine.train import fit
+from segdistill.jobs.distill import distill
 
 VARIANTS = {
     "cached": ["distill.targets=cached"],

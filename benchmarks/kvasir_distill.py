@@ -29,14 +29,14 @@ from typing import Any
 import common
 import torch
 
-from segdistill.benchmark import count_gflops, count_params, cpu_latency_ms
 from segdistill.checkpoint import load_model
 from segdistill.config import load_config
 from segdistill.data.discovery import list_images
-from segdistill.engine.distill import distill
-from segdistill.engine.evaluate import evaluate_model
 from segdistill.engine.targets import build_target_cache
 from segdistill.engine.train import fit
+from segdistill.jobs.distill import distill
+from segdistill.jobs.evaluate import evaluate_model
+from segdistill.measure import count_gflops, count_params, cpu_latency_ms
 
 
 def _unet_args(text: str) -> dict[str, int | str]:

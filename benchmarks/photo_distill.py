@@ -29,7 +29,7 @@ import common
 from segdistill.checkpoint import read_model_info
 from segdistill.config import load_config
 from segdistill.engine.distill import train_twin
-from segdistill.engine.evaluate import evaluate_model
+from segdistill.jobs.evaluate import evaluate_model
 
 KVASIR = common.SHARED_DATA / "kvasir_seg"
 

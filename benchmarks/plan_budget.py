@@ -25,7 +25,7 @@ from typing import Any
 
 import common
 
-from segdistill.engine.evaluate import evaluate_model
+from segdistill.jobs.evaluate import evaluate_model
 
 DATA = common.SHARED_DATA
 SETS: dict[str, dict[str, Any]] = {

@@ -20,7 +20,8 @@ from PIL import Image
 
 from segdistill.checkpoint import ModelInfo, save_model
 from segdistill.data.preprocess import Preprocess
-from segdistill.inference.predictor import Predictor, predict_to_folder
+from segdistill.inference.predictor import Predictor
+from segdistill.jobs.predict import predict_to_folder
 from segdistill.models import create_model, resolved_args
 
 

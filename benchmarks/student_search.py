@@ -29,7 +29,7 @@ from typing import Any
 
 import common
 
-from segdistill.engine.evaluate import evaluate_model
+from segdistill.jobs.evaluate import evaluate_model
 
 DATA = common.SHARED_DATA
 KVASIR = DATA / "kvasir_seg"

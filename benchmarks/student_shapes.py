@@ -34,13 +34,13 @@ import common
 import torch
 from torch import nn
 
-from segdistill.benchmark import count_gflops, count_params
 from segdistill.checkpoint import ModelInfo, load_model
 from segdistill.config import load_config
 from segdistill.data.preprocess import Preprocess
 from segdistill.deploy.export import onnx_bytes
-from segdistill.engine.distill import distill
 from segdistill.inference.backends import OnnxRuntimeBackend, pad_multiple
+from segdistill.jobs.distill import distill
+from segdistill.measure import count_gflops, count_params
 from segdistill.models import create_model, resolved_args
 
 DESIGNS: dict[str, dict[str, Any]] = {

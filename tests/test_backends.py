@@ -1,5 +1,5 @@
 """Backends beyond torch (inference/backends.py, choose.py), int8 export (deploy/quantize.py) and
-``segdistill benchmark`` (deploy/speed.py): outputs match eager PyTorch, ``auto`` picks by measured
+``segdistill benchmark`` (jobs/benchmark.py): outputs match eager PyTorch, ``auto`` picks by measured
 timings and never a slower or disagreeing candidate, the choice is cached, the benchmark's JSON."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.errors import SegdistillError
 from segdistill.inference import choose as choose_mod
-from segdistill.inference.backends import Choice, OpenVinoBackend, build_backend, onnx_precision, open_backend
-from segdistill.inference.choose import Timing, choose
+from segdistill.inference.backends import Choice, OpenVinoBackend, build_backend, onnx_precision
+from segdistill.inference.choose import Timing, choose, open_backend
 
 pytest.importorskip("onnxruntime")
 

@@ -13,7 +13,8 @@ from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.deploy.export import export_onnx
 from segdistill.errors import SegdistillError
-from segdistill.inference.backends import OnnxRuntimeBackend, TorchBackend, open_backend
+from segdistill.inference.backends import OnnxRuntimeBackend, TorchBackend
+from segdistill.inference.choose import open_backend
 
 pytest.importorskip("onnxruntime")
 

@@ -3,11 +3,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from segdistill.benchmark import count_gflops
 from segdistill.checkpoint import ModelInfo, load_model, save_model
 from segdistill.data.preprocess import Preprocess
 from segdistill.errors import ConfigError
 from segdistill.inference.backends import pad_multiple
+from segdistill.measure import count_gflops
 from segdistill.models import create_model, list_models, resolved_args
 from segdistill.models.unet import input_multiple
 

@@ -213,7 +213,7 @@ def test_an_encoder_model_exports_and_predicts_alike_on_every_backend(tmp_path):
     from segdistill.data.synth import make_synthetic_dataset
     from segdistill.deploy.export import export_onnx
     from segdistill.deploy.quantize import export_int8
-    from segdistill.inference.backends import open_backend
+    from segdistill.inference.choose import open_backend
     from segdistill.models import resolved_args
 
     torch.manual_seed(0)

@@ -892,7 +892,8 @@ def test_predict_refuses_to_write_through_a_symlink(tiny_model: Path, synth_dir:
     shutil.copy(synth_dir / "images" / "0000.png", tmp_path / "in" / "x.png")
     # predict on the command line writes to a fresh out/in-2 (or clears out/in with --overwrite);
     # the library function writes where it is told, and must not follow the link.
-    from segdistill.inference.predictor import Predictor, predict_to_folder
+    from segdistill.inference.predictor import Predictor
+    from segdistill.jobs.predict import predict_to_folder
 
     with pytest.raises(DataError, match=f"{out / 'x.png'}: output path would leave {out}; refusing to write it"):
         predict_to_folder(Predictor(tiny_model), tmp_path / "in", out)

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from segdistill import html_report
-from segdistill.benchmark import count_params
 from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.config import ConfigError, load_config, parse_search
@@ -25,6 +24,7 @@ from segdistill.engine.search import (
     default_budget_s,
     first_epochs,
     halving_schedule,
+    orchestrate,
     pareto_front,
     pareto_layers,
     pick_winner,
@@ -33,6 +33,7 @@ from segdistill.engine.search import (
     spread,
 )
 from segdistill.inference.backends import Choice
+from segdistill.measure import count_params
 from segdistill.models.unet import UNet
 
 from .helpers import run_killed_at
@@ -168,7 +169,7 @@ def teacher(tiny_model):
 
 @pytest.fixture(autouse=True)
 def _torch_latency_only(monkeypatch):
-    monkeypatch.setattr(search, "_latency_choices", lambda: [Choice("torch", "fp32", True)])
+    monkeypatch.setattr(orchestrate, "_latency_choices", lambda: [Choice("torch", "fp32", True)])
 
 
 def _search(teacher, synth_dir, out, name, objective, *extra):

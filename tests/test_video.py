@@ -12,7 +12,8 @@ from segdistill.cli import main
 from segdistill.config import ConfigError, load_config
 from segdistill.data.video import MASK_CODEC, VideoReader, split_videos, video_writer
 from segdistill.errors import DataError
-from segdistill.inference.predictor import Predictor, predict_to_folder
+from segdistill.inference.predictor import Predictor
+from segdistill.jobs.predict import predict_to_folder
 
 NTSC = Fraction(30000, 1001)
 

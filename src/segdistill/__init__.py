@@ -1,39 +1,41 @@
-"""segdistill: train a U-Net for binary segmentation, predict masks, distill it into a small student."""
+"""segdistill: train a U-Net for binary segmentation, predict masks, distill it into a small student.
 
-import time as _time
+The public API, imported on first use (PEP 562): ``import segdistill`` and ``segdistill --help``
+stay fast and load neither torch nor the optional runtimes until a name below is used.
+"""
 
-__version__ = "0.1.0"
-STARTED = _time.monotonic()
-"""When this package was imported: the command line's time budget (--time) counts from here, so
-that importing torch and reading the data count too."""
+from __future__ import annotations
 
-from .checkpoint import ModelInfo, load_model, read_model_info, save_model  # noqa: E402
-from .config import Config, load_config  # noqa: E402
-from .engine.distill import distill  # noqa: E402
-from .engine.evaluate import evaluate, evaluate_model  # noqa: E402
-from .engine.train import fit, train_one_epoch  # noqa: E402
-from .errors import SegdistillError  # noqa: E402
-from .inference.predictor import Predictor  # noqa: E402
-from .models import create_model, list_models, register_model  # noqa: E402
-from .runtime import set_threads  # noqa: E402
+import importlib
+from typing import Any
 
-__all__ = [
-    "Config",
-    "ModelInfo",
-    "Predictor",
-    "SegdistillError",
-    "__version__",
-    "create_model",
-    "distill",
-    "evaluate",
-    "evaluate_model",
-    "fit",
-    "list_models",
-    "load_config",
-    "load_model",
-    "read_model_info",
-    "register_model",
-    "save_model",
-    "set_threads",
-    "train_one_epoch",
-]
+from .version import STARTED as STARTED
+from .version import __version__ as __version__
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ModelInfo": "checkpoint", "load_model": "checkpoint", "read_model_info": "checkpoint", "save_model": "checkpoint",
+    "Config": "config", "load_config": "config",
+    "distill": "jobs.distill",
+    "evaluate": "engine.evaluate", "evaluate_model": "jobs.evaluate",
+    "fit": "engine.train", "train_one_epoch": "engine.train",
+    "SegdistillError": "errors",
+    "Predictor": "inference.predictor",
+    "create_model": "models", "list_models": "models", "register_model": "models",
+    "set_threads": "runtime",
+}
+
+__all__ = sorted([*_EXPORTS, "STARTED", "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segdistill' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from . import __version__
 from .checkpoint import ModelInfo, read_model_info
 from .errors import SegdistillError
 from .fileio import write_text
 from .metrics import Sweep, confusion, scores
+from .version import __version__
 
 if TYPE_CHECKING:
     from .engine.evaluate import EvalResult
@@ -182,7 +182,7 @@ def _curves(run_dir: Path) -> Section:
 
 
 def _search_section(run_dir: Path, search: dict[str, Any]) -> Section:
-    """The student search (engine/search.py): its Pareto plot and every candidate."""
+    """The student search (engine/search/): its Pareto plot and every candidate."""
     from .engine.search_report import pareto_figure
 
     d = _read_json(run_dir / "search.json")
@@ -577,8 +577,8 @@ def _css(colour: tuple[float, float, float]) -> str:
 def measure(model_path: Path, info: ModelInfo, size: int) -> dict[str, Any]:
     """Parameters, GFLOPs and CPU latency (batch 1, ``size`` x ``size``, fp32) of a .safetensors
     model: a few forward passes."""
-    from .benchmark import count_gflops, count_params, cpu_latency_ms
     from .checkpoint import load_model
+    from .measure import count_gflops, count_params, cpu_latency_ms
 
     model, _ = load_model(model_path, "cpu")
     ch = info.preprocess.in_channels

@@ -25,8 +25,8 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from .. import __version__
 from ..errors import DataError
+from ..version import __version__
 
 log = logging.getLogger("segdistill")
 

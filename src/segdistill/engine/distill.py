@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import logging
 import math
 import time
@@ -22,31 +21,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..benchmark import count_params
 from ..checkpoint import ModelInfo, file_sha256, load_model
-from ..config import Config, as_config, validate_distill
-from ..distributed import is_distributed, process_group, sync_buffers
+from ..config import Config
+from ..distributed import is_distributed, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
+from ..measure import count_params
 from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
-from ..runtime import autocast, select_device, set_threads, use_channels_last
+from ..runtime import autocast, use_channels_last
 from . import clock as clock_module
-from .data import DistillData, build_distill_data, transfer_images
+from .data import DistillData, build_distill_data
 from .distill_report import distill_report
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .planning import log_plan, plan_student
+from .planning import log_plan
 from .run import (
     Recorder,
     begin,
     capture,
-    complete_message,
     end_epoch_plan,
     format_score,
     make_clock,
-    open_run,
-    read_plan,
     validates,
 )
 from .targets import mean_foreground
@@ -195,39 +191,7 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
     return {k: lam * v + (1 - lam) * v[perm] if k in ("image", "mask") else v for k, v in batch.items()}
 
 
-def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
-            started: float | None = None) -> DistillResult:
-    """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
-    see the module docstring. ``started``: as in ``fit``. With ``distill.search`` the student is
-    searched for first, and the winner distilled (engine/search.py)."""
-    started = time.monotonic() if started is None else started
-    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
-    done = complete_message(cfg, run_dir, state)
-    report_path = run_dir / "distill_report.json"
-    report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
-    # Without the report of these epochs (killed after the last one), the resume writes it.
-    if (done is not None and state is not None and report.get("epochs") == len(state.get("history", []))
-            and (not cfg.distill.search or "search" in report)):  # a search's report ends with the search
-        log.info(done)
-        return DistillResult(run_dir, list(state["history"]), report)
-    validate_distill(cfg)
-    if resume is None:  # a resumed run goes on with the plan in its config.yaml
-        cfg, plan = plan_student(cfg, len(transfer_images(cfg)))  # videos: decodes their frames, once
-    else:
-        plan = read_plan(run_dir)
-    cfg = student_config(cfg)
-    set_threads(cfg.threads)
-    device = select_device(cfg.device)
-    with process_group(device):
-        torch.manual_seed(cfg.seed)
-        if cfg.distill.search:
-            from .search import search_student
-
-            return search_student(cfg, run_dir, state, device, plan, fresh=resume is None)
-        return _distill(cfg, run_dir, state, device, started, plan)
-
-
-def _distill(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float,
+def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float,
              plan: dict[str, Any] | None, short: bool = False, teacher_figures: TeacherFigures | None = None) -> DistillResult:
     """The distillation of ``cfg.distill.student`` in ``run_dir``. ``short``: a run whose result
     is its history (a search's candidate): no teacher evaluation, twin or report.

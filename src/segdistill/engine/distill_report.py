@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..benchmark import count_gflops, count_params, cpu_latency_ms
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config
 from ..fileio import write_json
+from ..measure import count_gflops, count_params, cpu_latency_ms
 from ..report import format_table
 from .run import Recorder
 

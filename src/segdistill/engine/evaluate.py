@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from ..data.dataset import SegDataset
 from ..distributed import gather_objects, is_distributed, shard
-from ..errors import DataError, SegdistillError
+from ..errors import DataError
 from ..failpoints import failpoint
 from ..inference.tta import tta_logits
 from ..losses import LossFn
@@ -202,81 +202,3 @@ def evaluation_pairs(data_dir: str | Path, recursive: bool = False, split: Split
            else f"seed {spec.seed}, val_fraction {spec.val_fraction:g}, from {spec.source}")
     return val, (f"scoring the {len(val)} validation images training held out ({how}); "
                  f"--all scores all {len(everything)}")
-
-
-def evaluate_model(
-    model_path: str | Path,
-    data_dir: str | Path,
-    out: str | Path | None = None,
-    threshold: float | None = None,
-    device: str = "auto",
-    invert: bool | None = None,
-    max_side: int | None = None,
-    tta: int | None = None,
-    all_images: bool = False,
-    backend: str = "auto",
-    precision: str = "auto",
-    store_threshold: bool = False,
-) -> EvalResult:
-    """``segdistill evaluate``: metrics table, per-image CSV, a JSON summary, the threshold sweep
-    (CSV) and an HTML report beside the CSV. ``tta`` views default to the model's own (stored at
-    training). Of a folder that training splits itself, only the validation images the model's
-    training held out are scored, unless ``all_images``. The model file may be an exported
-    ``.onnx``; ``backend`` and ``precision`` as in inference/backends.py (``auto`` measures the
-    backends once the data has ``MEASURE_IMAGES`` images or more). ``store_threshold`` rewrites the
-    model file's threshold to the one with the best IoU on the scored images."""
-    from ..checkpoint import read_model_info
-    from ..checkpoint import store_threshold as store
-    from ..data.dataset import Item
-    from ..fileio import write_json
-    from ..html_report import write_eval_report
-    from ..inference.backends import is_onnx, open_backend
-    from ..inference.choose import MEASURE_IMAGES
-    from ..metrics import SWEEP_THRESHOLDS
-    from ..report import format_table, write_csv
-
-    if store_threshold and is_onnx(model_path):
-        raise SegdistillError(f"{model_path}: --store-threshold rewrites a .safetensors model file; store it there, "
-                              "then export again")
-    pairs, why = evaluation_pairs(data_dir, split=training_split(model_path, read_model_info(model_path).summary),
-                                  all_images=all_images)
-    measure_on = pairs[0].image if len(pairs) >= MEASURE_IMAGES else None
-    model, info = open_backend(model_path, backend, device, precision=precision, measure_on=measure_on)
-    dev = model.device
-    pre = info.preprocess
-    if invert is not None:
-        pre.invert = invert
-    if max_side is not None:
-        pre.max_side = max_side
-    log.info("%s", why)
-    ds = SegDataset([Item(p.image, p.mask) for p in pairs], pre, train=False, cache=False, resize_masks=False)
-    loader = DataLoader(ds, batch_size=1, shuffle=False, num_workers=0)
-    thr = info.threshold if threshold is None else threshold
-    views = info.tta if tta is None else tta
-    result = evaluate(model, loader, dev, thr, names=[str(p.stem) for p in pairs], tta=views,  # type: ignore[arg-type]
-                      label_offset=info.label_offset, thresholds=SWEEP_THRESHOLDS)
-    assert result.sweep is not None
-    best, best_iou = result.sweep.best()
-    out = Path(out) if out else Path(model_path).parent / f"eval_{Path(data_dir).name or 'data'}.csv"
-    write_csv(out, result.per_image)
-    sweep_csv = out.with_name(f"{out.stem}_thresholds.csv")
-    write_csv(sweep_csv, result.sweep.rows())
-    write_json(out.with_suffix(".json"), {"model": str(model_path), "backend": model.describe(), "data": str(data_dir),
-                                          "images": len(pairs),
-                                          "scored": why,
-                                          "threshold": thr, "tta": views, **result.metrics,
-                                          "best_threshold": best, "best_threshold_iou": best_iou})
-    rows = [{"metric": k, "all pixels": result.metrics[k], "per-image mean": result.metrics[f"{k}_per_image"]}
-            for k in ("iou", "dice", "precision", "recall", "accuracy")]
-    views_note = f", TTA x{views}" if views > 1 else ""
-    log.info("%s\nper-image results: %s", format_table(rows, title=f"{model_path} on {data_dir} ({len(pairs)} images, "
-             f"threshold {thr}{views_note}; {model.describe()})"), out)
-    log.info("threshold with the best IoU on these images: %g (IoU %.4f; %.4f at %g), curves in %s", best, best_iou,
-             result.metrics["iou"], thr, sweep_csv)
-    page = write_eval_report(out.with_suffix(".html"), model_path, data_dir, result, thr, views, why, backend, device,
-                             pre.invert, pre.max_side if max_side is not None else None)
-    log.info("report: %s", page)
-    if store_threshold:
-        old = store(model_path, best)
-        log.info("threshold stored in %s: %g -> %g", model_path, old, best)
-    return result

@@ -1,4 +1,4 @@
-"""The report of a student search (engine/search.py): every candidate with its parameters, GFLOPs,
+"""The report of a student search (engine/search/): every candidate with its parameters, GFLOPs,
 latency, IoU and epochs, the accuracy/latency Pareto front as a plot (search_pareto.png), the winner
 marked and, with ``--baseline``, its labels-only twin; as search.md, as the ``search`` section of
 distill_report.json, and as a table in the log."""
@@ -11,7 +11,7 @@ from typing import Any
 
 from ..fileio import atomic_path, write_json, write_text
 from ..report import format_table
-from .search import Score, pareto_front
+from .search.rules import Objective, Score, pareto_front
 
 log = logging.getLogger("segdistill")
 
@@ -124,10 +124,6 @@ def write_search_report(run_dir: Path, d: dict[str, Any], report: dict[str, Any]
     shown = [{**r, "params": f"{r['params'] / 1e6:.3f}M"} for r in rows]
     log.info("%s\nsearch report: %s, %s", format_table(shown, title=f"\nStudent search {d['objective']} ({d['validation']})"),
              run_dir / "search.md", run_dir / "search_pareto.png")
-    if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
-        from ..html_report import write_run_report
-
-        log.info("report: %s", write_run_report(run_dir))
     return report
 
 
@@ -160,3 +156,23 @@ def _cell(v: Any) -> str:
     if v is None:
         return "-"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def log_outcome(d: dict[str, Any], objective: Objective) -> None:
+    """The search's last log line: whether the winner met the objective, and by how much."""
+    w, f = d["winner"], d["final"]
+    lat = d["latency"][w["name"]]
+    if f["meets"]:
+        log.info("search %s: %s meets it: IoU %.4f (%.1f%% of the teacher's), %.2f ms (%s)", objective, w["name"],
+                 f["iou"], 100 * (f["keeps"] or 0), lat["latency_ms"], lat["backend"])
+    elif objective.kind == "keep":
+        log.warning("search %s: no student was shown to keep %.0f%% of the teacher's IoU; the closest bet, %s, keeps "
+                    "%.1f%% after its full distillation (a larger student or a longer run would keep more)", objective,
+                    100 * objective.value, w["name"], 100 * (f["keeps"] or 0))
+    else:
+        log.warning("search %s: no student runs that fast here; the fastest found, %s, takes %.2f ms", objective,
+                    w["name"], lat["latency_ms"])
+
+
+def format_params(params: int) -> str:
+    return f"{params / 1e6:.3f}M" if params >= 1e5 else f"{params / 1e3:.1f}K"

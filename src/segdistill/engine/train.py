@@ -21,7 +21,6 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader
 
-from .. import __version__
 from ..checkpoint import ModelInfo, load_model, read_model_info
 from ..config import Config, ModelConfig, as_config
 from ..data.preprocess import Preprocess
@@ -41,6 +40,7 @@ from ..models import create_model, resolved_args
 from ..models.pretrained import load_pretrained
 from ..report import format_table
 from ..runtime import autocast, select_device, set_threads, use_channels_last
+from ..version import __version__
 from .clock import format_duration
 from .data import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate, save_evaluation

@@ -1,7 +1,7 @@
 """Inference backends behind one small interface: a normalised batch in, logits out.
 
 ``Predictor``, ``evaluate``, tiling and test-time augmentation call a :class:`Backend` and never ask
-which one it is. The backend is chosen in one place, :func:`open_backend`:
+which one it is. The backend is chosen in one place, :func:`.choose.open_backend`:
 
 - ``torch``: the model file rebuilt in PyTorch (eager), channels-last where measured to pay;
 - ``onnxruntime``: an exported ``.onnx`` file (``segdistill export``), or a ``.safetensors`` model
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, load_model, read_model_info
+from ..checkpoint import ModelInfo, load_model
 from ..errors import ModelFileError, SegdistillError
 from ..models.blocks import pad_to_multiple
-from ..models.unet import input_multiple
-from ..runtime import cpu_has_native_bf16, select_device, use_channels_last
+from ..runtime import cpu_has_native_bf16
+from .graph import onnx_bytes, pad_multiple
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -198,11 +198,6 @@ def onnx_precision(path: str | Path) -> str:
     return next((p.value for p in proto.metadata_props if p.key == ONNX_PRECISION_KEY), "fp32")
 
 
-def pad_multiple(info: ModelInfo) -> int:
-    """What a model pads its input to: its total down-sampling (``models.unet.input_multiple``)."""
-    return input_multiple(info.args)
-
-
 def is_onnx(path: str | Path) -> bool:
     return Path(path).suffix.lower() == ".onnx"
 
@@ -248,8 +243,6 @@ def build_backend(choice: Choice, path: Path, info: ModelInfo, model: nn.Module 
         if dev.type != "cpu":
             raise SegdistillError(f"--backend {choice.backend} runs on the CPU; use --device cpu, or torch on the GPU")
         if blob is None:
-            from ..deploy.export import onnx_bytes
-
             blob = onnx_bytes(model, info)
         graph, graph_precision = blob, "fp32"
     if choice.backend == "onnxruntime":
@@ -265,39 +258,3 @@ def log_bf16_emulated() -> None:
     import logging
 
     logging.getLogger("segdistill").warning("this CPU has no native bf16: bf16 inference is emulated and slow")
-
-
-def open_backend(path: str | Path, backend: str = "auto", device: str | torch.device = "auto",
-                 channels_last: str = "auto", precision: str = "auto",
-                 measure_on: str | Path | None = None) -> tuple[Backend, ModelInfo]:
-    """The model file at ``path`` (``.safetensors`` or an exported ``.onnx``) on ``backend``.
-
-    ``auto``: the choice measured before for this model, machine and input size (a cache); else,
-    given ``measure_on`` (an image of the job: its size at the model's resolution), the fastest of
-    :func:`candidates` measured now (and cached), never one whose outputs disagree with the
-    reference; else torch for a ``.safetensors`` file and ONNX
-    Runtime for a ``.onnx`` one. A named backend runs in ``precision`` (auto: fp32; an int8 export
-    in int8)."""
-    if backend not in BACKENDS:
-        raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    path = Path(path)
-    info = read_model_info(path)
-    onnx_file = is_onnx(path)
-    dev = torch.device("cpu") if onnx_file else select_device(device)
-    if backend == "auto" and precision == "auto" and dev.type == "cpu":
-        from .choose import cached_or_measured, working_size
-
-        choice = cached_or_measured(path, info, working_size(measure_on, info) if measure_on else None)
-        if choice is not None:
-            return build_backend(choice, path, info, device=dev), info
-    if backend == "auto":
-        backend = "onnxruntime" if onnx_file else "torch"
-    prec = "fp32" if precision == "auto" else precision
-    if backend == "torch":
-        if onnx_file:
-            build_backend(Choice("torch"), path, info)  # the error for an ONNX file on torch
-        model, info = load_model(path, dev)
-        return TorchBackend(model, dev, use_channels_last(channels_last, dev, training=False), prec), info
-    return build_backend(Choice(backend, prec), path, info, device=dev), info

@@ -23,11 +23,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import ModelInfo, file_sha256
+from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
 from ..fileio import cache_root, write_json
-from ..runtime import cpu_description
-from .backends import Backend, Choice, build_backend, candidates, is_onnx, onnx_precision, pad_multiple
+from ..runtime import cpu_description, select_device, use_channels_last
+from .backends import (
+    BACKENDS,
+    PRECISIONS,
+    Backend,
+    Choice,
+    TorchBackend,
+    build_backend,
+    candidates,
+    is_onnx,
+    onnx_precision,
+    pad_multiple,
+)
+from .graph import check_inputs, onnx_bytes
 
 log = logging.getLogger("segdistill")
 
@@ -95,8 +107,6 @@ def choose(timings: list[Timing]) -> Timing:
 def probe_input(info: ModelInfo, size: tuple[int, int]) -> torch.Tensor:
     """A normalised (1, C, h, w) input: a training image of the model (resized) where the data is
     still there (outputs on real images are what the agreement check must compare), else noise."""
-    from ..deploy.export import check_inputs
-
     data = info.summary.get("data")
     xs, _ = check_inputs(info, None, Path(data) if data else None)
     x = xs[0]
@@ -113,8 +123,6 @@ def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Ch
     first. The model is built and exported once and shared. ``keep``: the built backends stay in
     the timings (otherwise they are let go). ``device``: a GPU for torch candidates (timed with a
     synchronisation, as GPU work is asynchronous)."""
-    from ..checkpoint import load_model
-
     onnx_file = is_onnx(path)
     graph_precision = onnx_precision(path) if onnx_file else "fp32"
     device = device or torch.device("cpu")
@@ -122,8 +130,6 @@ def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Ch
     model = None if onnx_file else load_model(path, device)[0]
     blob = None
     if not onnx_file and any(c.backend != "torch" for c in choices):
-        from ..deploy.export import onnx_bytes
-
         blob = onnx_bytes(copy.deepcopy(model).cpu(), info)  # type: ignore[union-attr]
     x = probe_input(info, size).repeat(batch, 1, 1, 1)
     timings, backends = [], []
@@ -253,3 +259,37 @@ def cached_or_measured(path: Path, info: ModelInfo, size: tuple[int, int] | None
              "; ".join(f"{t.choice.label()} {t.p50_ms:.1f} ms" if t.p50_ms else f"{t.choice.label()} failed"
                        for t in timings))
     return chosen.choice
+
+
+def open_backend(path: str | Path, backend: str = "auto", device: str | torch.device = "auto",
+                 channels_last: str = "auto", precision: str = "auto",
+                 measure_on: str | Path | None = None) -> tuple[Backend, ModelInfo]:
+    """The model file at ``path`` (``.safetensors`` or an exported ``.onnx``) on ``backend``.
+
+    ``auto``: the choice measured before for this model, machine and input size (a cache); else,
+    given ``measure_on`` (an image of the job: its size at the model's resolution), the fastest of
+    :func:`candidates` measured now (and cached), never one whose outputs disagree with the
+    reference; else torch for a ``.safetensors`` file and ONNX
+    Runtime for a ``.onnx`` one. A named backend runs in ``precision`` (auto: fp32; an int8 export
+    in int8)."""
+    if backend not in BACKENDS:
+        raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    path = Path(path)
+    info = read_model_info(path)
+    onnx_file = is_onnx(path)
+    dev = torch.device("cpu") if onnx_file else select_device(device)
+    if backend == "auto" and precision == "auto" and dev.type == "cpu":
+        choice = cached_or_measured(path, info, working_size(measure_on, info) if measure_on else None)
+        if choice is not None:
+            return build_backend(choice, path, info, device=dev), info
+    if backend == "auto":
+        backend = "onnxruntime" if onnx_file else "torch"
+    prec = "fp32" if precision == "auto" else precision
+    if backend == "torch":
+        if onnx_file:
+            build_backend(Choice("torch"), path, info)  # the error for an ONNX file on torch
+        model, info = load_model(path, dev)
+        return TorchBackend(model, dev, use_channels_last(channels_last, dev, training=False), prec), info
+    return build_backend(Choice(backend, prec), path, info, device=dev), info

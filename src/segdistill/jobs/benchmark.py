@@ -13,98 +13,22 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..benchmark import count_params
 from ..checkpoint import ModelInfo, read_model_info
 from ..errors import SegdistillError
 from ..fileio import write_json
 from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
-from ..inference.choose import Timing, cache_key, choose, measure, remember
-from ..models.registry import create_model
+from ..inference.choose import cache_key, choose, measure, remember
+from ..measure import cpu_features, matmul_gflops, model_gflops, throughput
 from ..report import format_table
-from ..runtime import cpu_description, cpu_flags, cpu_has_native_bf16, select_device
+from ..runtime import cpu_description, select_device, set_threads
+from . import model_file
 
 log = logging.getLogger("segdistill")
-
-
-def cpu_features() -> dict[str, bool]:
-    """The instruction-set features that decide which precision pays on a CPU."""
-    flags = cpu_flags()
-    return {"avx2": "avx2" in flags, "avx512": "avx512f" in flags, "native_bf16": cpu_has_native_bf16(),
-            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "amx": "amx_tile" in flags}
-
-
-def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 1024, runs: int = 10) -> float:
-    """This machine's measured matrix-multiply rate (GFLOP/s, median of ``runs``): the ceiling a
-    convolution network's achieved rate is read against."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return 2 * n**3 / times[len(times) // 2] / 1e9
-
-
-def model_gflops(info: ModelInfo, size: tuple[int, int]) -> tuple[int, float]:
-    """(parameters, forward GFLOPs for one image of ``size``): counted on the architecture rebuilt
-    from the file's metadata (weights do not change the count; an .onnx file has the same)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = create_model(info.arch, **info.args).eval()
-    x = torch.zeros(1, info.preprocess.in_channels, *size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return count_params(model), counter.get_total_flops() / 1e9
-
-
-def _rss_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset the process's peak resident memory (Linux: clear_refs 5), so each backend's peak is its own."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="utf-8") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def throughput(timing: Timing, x: torch.Tensor, batch_sizes: list[int], runs: int = 3) -> tuple[int, float, float | None]:
-    """(best batch size, images per second at it, peak memory in MB over these runs): median of
-    ``runs`` per batch size."""
-    backend = timing.backend
-    can_reset = _reset_peak()
-    best = (1, 0.0)
-    for b in batch_sizes:
-        xb = x.repeat(b, 1, 1, 1)
-        backend(xb)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            backend(xb)
-            times.append(time.perf_counter() - t0)
-        rate = b / sorted(times)[len(times) // 2]
-        if rate > best[1]:
-            best = (b, rate)
-    return best[0], best[1], _rss_mb("VmHWM") if can_reset else None
 
 
 def _default_size(info: ModelInfo) -> tuple[int, int]:
@@ -113,7 +37,7 @@ def _default_size(info: ModelInfo) -> tuple[int, int]:
 
 
 def _iou(path: Path, data: str, choice: Choice, cache: dict[tuple[str, str], float]) -> float | None:
-    from ..engine.evaluate import evaluate_model
+    from ..jobs.evaluate import evaluate_model
 
     key = (choice.backend, choice.precision)
     if key not in cache:
@@ -251,3 +175,18 @@ def _print(rows: list[dict[str, Any]], features: dict[str, bool], peak_fp32: flo
         if "speedup_vs_first" in r:
             line += f"; {r['speedup_vs_first']:.1f}x faster than the first model (GFLOP ratio {r['gflop_ratio_vs_first']:.1f}x)"
         print(line)
+
+
+def run_benchmark(models: list[str], backend: str = "all", size: list[int] | None = None,
+                  batch_sizes: list[int] = (1, 2, 4, 8), runs: int = 20, data: str | None = None,  # type: ignore[assignment]
+                  json_out: str | None = None, threads: int | str | None = None) -> None:
+    """The benchmark command: one run folder alone is benchmarked as a run (:func:`benchmark_run`),
+    anything else as model files (the first is the reference)."""
+    set_threads(threads or "auto")
+    run_dir = Path(models[0])
+    if len(models) == 1 and (run_dir / "config.yaml").is_file() and (run_dir / "model.safetensors").is_file():
+        benchmark_run(run_dir, backend=backend, size=size, batch_sizes=batch_sizes, runs=runs, data=data,
+                      json_out=json_out)
+        return
+    benchmark_models([model_file(m) for m in models], backend=backend, size=size, batch_sizes=batch_sizes,
+                     runs=runs, json_out=json_out, data=data)

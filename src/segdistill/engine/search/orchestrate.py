@@ -32,333 +32,55 @@ import math
 import shutil
 import statistics
 import tempfile
-from collections.abc import Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from ..benchmark import count_params
-from ..checkpoint import ModelInfo, load_model, read_model_info, save_model
-from ..config import Config, ModelConfig, parse_search
-from ..distributed import is_distributed
-from ..errors import ConfigError
-from ..fileio import write_json
-from ..inference.backends import Choice
-from ..inference.backends import candidates as backend_choices
-from ..losses import prob_to_logit
-from ..models import create_model, resolved_args
-from ..models.registry import model_signature
-from . import clock
-from .clock import format_duration
-from .data import build_distill_data, transfer_images
-from .distill import DistillResult, TeacherFigures, _distill
-from .evaluate import evaluate
-from .run import complete_message, open_run, start_run
+from ... import html_report
+from ...checkpoint import ModelInfo, read_model_info, save_model
+from ...config import Config, ModelConfig
+from ...distributed import is_distributed
+from ...errors import ConfigError
+from ...inference.backends import Choice
+from ...inference.backends import candidates as backend_choices
+from ...measure import count_params
+from ...models import create_model, resolved_args
+from ...models.registry import model_signature
+from .. import clock
+from ..clock import format_duration
+from ..data import transfer_images
+from ..distill import DistillResult, TeacherFigures, distill_student
+from ..run import complete_message, open_run, start_run
+from ..search_report import format_params, log_outcome, write_search_report
+from .book import Book
+from .rules import (
+    BUDGET_FACTOR,
+    MAX_CANDIDATES,
+    MAX_LATENCY_SHARE,
+    SHRINK,
+    Objective,
+    candidate_grid,
+    candidate_name,
+    cost_ratio,
+    default_budget_s,
+    design_name,
+    fast_enough,
+    favour,
+    first_epochs,
+    halving_schedule,
+    pick_winner,
+    promote,
+    spread,
+    weighted_cost,
+)
+from .teacher import score_teacher
 
 log = logging.getLogger("segdistill")
 
 # --------------------------------------------------------------------------------------------------
-# Pure parts.
-
-BASES = (2, 3, 4, 6, 8, 12, 16, 24, 32)
-DEPTHS = (2, 3, 4, 5)
-SHRINK = (2, 1000)
-"""Candidates have between 2x and 1000x fewer parameters than the teacher."""
-MAX_LATENCY_SHARE = 0.5
-"""Candidates run at most this share of the teacher's latency (a quick torch timing): a student
-slower than half its teacher is no reason to distil (the configured student always stays)."""
-MIN_GRID = 8
-"""... but never fewer than this many (the fastest) are left to choose from."""
-MAX_CANDIDATES = 16
-MIN_RUNG_EPOCHS = 2
-COPIED = ("norm", "up", "act", "dropout")
-"""Arguments every candidate takes from the configured student."""
-
-
-@dataclass(frozen=True)
-class Objective:
-    """``keep``: the fastest student keeping ``value`` of the teacher's validation IoU; ``latency``:
-    the most accurate student at most ``value`` ms slow."""
-
-    kind: str
-    value: float
-
-    @classmethod
-    def parse(cls, text: str) -> Objective:
-        return cls(*parse_search(text))
-
-    def __str__(self) -> str:
-        return f"keep={self.value:g}" if self.kind == "keep" else f"latency={self.value:g}ms"
-
-    def feasible(self, latency_ms: float) -> bool:
-        return self.kind == "keep" or latency_ms <= self.value
-
-
-@dataclass(frozen=True)
-class Score:
-    """A candidate's place on the accuracy/latency plane."""
-
-    name: str
-    iou: float
-    latency_ms: float
-
-
-def dominates(a: Score, b: Score) -> bool:
-    """``a`` is at least as accurate and as fast as ``b``, and better in one of the two."""
-    return a.iou >= b.iou and a.latency_ms <= b.latency_ms and (a.iou > b.iou or a.latency_ms < b.latency_ms)
-
-
-def pareto_front(scores: list[Score]) -> list[Score]:
-    """The scores no other score dominates, fastest first."""
-    return sorted((s for s in scores if not any(dominates(o, s) for o in scores)), key=lambda s: (s.latency_ms, s.name))
-
-
-def pareto_layers(scores: list[Score]) -> list[list[Score]]:
-    """The front, then the front of the rest, and so on (non-dominated sorting)."""
-    layers, rest = [], list(scores)
-    while rest:
-        front = pareto_front(rest)
-        layers.append(front)
-        rest = [s for s in rest if s not in front]
-    return layers
-
-
-def promote(scores: list[Score], n: int, objective: Objective) -> list[str]:
-    """The ``n`` candidates of a rung that go on to the next one. ``latency``: the most accurate of
-    those under the latency (none: the fastest). ``keep``: whole Pareto fronts first (a fast student still learning is
-    not dropped for a slow accurate one); a front that does not fit goes in the objective's order:
-    the fastest within the kept share of the rung's best IoU, then the most accurate."""
-    if objective.kind == "latency":
-        ok = sorted((s for s in scores if objective.feasible(s.latency_ms)), key=lambda s: (-s.iou, s.latency_ms, s.name))
-        return [s.name for s in (ok or sorted(scores, key=lambda s: (s.latency_ms, s.name)))[:n]]
-    target = objective.value * max((s.iou for s in scores), default=0.0)
-    chosen: list[Score] = []
-    for layer in pareto_layers(scores):
-        if len(chosen) + len(layer) > n:
-            layer = sorted(layer, key=lambda s: (s.iou < target, s.latency_ms if s.iou >= target else -s.iou, s.name))
-        chosen += layer[: n - len(chosen)]
-        if len(chosen) >= n:
-            break
-    return [s.name for s in chosen]
-
-
-@dataclass(frozen=True)
-class Pick:
-    name: str
-    meets: bool
-    """False: no score met the objective, and ``name`` is the closest (most accurate, or fastest)."""
-
-
-def pick_winner(scores: list[Score], objective: Objective, reference_iou: float) -> Pick:
-    """The winner among ``scores``, always on their Pareto front. ``keep``: the fastest whose IoU is
-    at least ``objective.value * reference_iou``, else the most accurate. ``latency``: the most
-    accurate under the latency, else the fastest."""
-    if objective.kind == "latency":
-        ok = [s for s in scores if objective.feasible(s.latency_ms)]
-        if ok:
-            return Pick(max(ok, key=lambda s: (s.iou, -s.latency_ms)).name, True)
-        return Pick(min(scores, key=lambda s: (s.latency_ms, -s.iou)).name, False)
-    ok = [s for s in pareto_front(scores) if s.iou >= objective.value * reference_iou]
-    if ok:
-        return Pick(min(ok, key=lambda s: (s.latency_ms, -s.iou)).name, True)
-    return Pick(max(scores, key=lambda s: (s.iou, -s.latency_ms)).name, False)
-
-
-def candidate_name(args: dict[str, Any]) -> str:
-    """``b4d3``; ``-us`` with the space-to-depth stem (``-us4`` by 4), ``-dw`` with depthwise-separable blocks."""
-    stem = str(args.get("stem", "none"))
-    return (f"b{args.get('base', 32)}d{args.get('depth', 4)}" + {"none": "", "unshuffle": "-us"}.get(stem, "-us" + stem[9:])
-            + ("-dw" if args.get("block", "conv") != "conv" else ""))
-
-
-def design_name(args: dict[str, Any]) -> str:
-    """The block/stem design of ``args``: plain, us, us4, dw or us-dw (as in :func:`candidate_name`)."""
-    return candidate_name({**args, "base": 0, "depth": 0})[4:].lstrip("-") or "plain"
-
-
-def designs(signature: Collection[str]) -> list[dict[str, str]]:
-    """The block/stem designs the ``unet`` family offers (``signature``: its argument names)."""
-    out: list[dict[str, str]] = [{}]
-    if "stem" in signature:
-        # By 2 and by 4: the smallest students are fastest at half resolution, wider ones at a quarter
-        # (docs/benchmarks.md, "Deployment and speed").
-        out += [{"stem": "unshuffle"}, {"stem": "unshuffle4"}]
-    if "block" in signature:
-        out.append({"block": "dwsep"})
-    if "stem" in signature and "block" in signature:
-        out.append({"stem": "unshuffle", "block": "dwsep"})
-    return out
-
-
-def candidate_grid(reference: dict[str, Any], signature: Collection[str]) -> list[dict[str, Any]]:
-    """The ``unet`` arguments to consider: ``reference`` (the configured student) first, then every
-    width x depth x design (designs other than plain from width 4). Students of 2-3 channels at the
-    top level get ``leaky_relu`` (a ReLU one collapsed to background for good, docs/distillation.md)."""
-    common = {k: reference[k] for k in COPIED if k in reference}
-    grid, names = [dict(reference)], {candidate_name(reference)}
-    for design in designs(signature):
-        for depth in DEPTHS:
-            for base in BASES:
-                if design and base < 4:
-                    continue
-                args = {**common, "base": base, "depth": depth, **design}
-                if base <= 3 and args.get("act", "relu") == "relu":
-                    args["act"] = "leaky_relu"
-                if candidate_name(args) not in names:
-                    names.add(candidate_name(args))
-                    grid.append(args)
-    return grid
-
-
-def spread(points: dict[str, tuple[float, ...]], n: int, first: list[str]) -> list[str]:
-    """``n`` names chosen far apart (farthest-point order from ``first``): a few candidates that
-    still cover the whole grid, from the smallest and fastest to the largest."""
-    chosen = [f for f in first if f in points][:n]
-    while len(chosen) < min(n, len(points)):
-        rest = [p for p in points if p not in chosen]
-        chosen.append(max(rest, key=lambda p: min(math.dist(points[p], points[c]) for c in chosen) if chosen else 0.0))
-    return chosen
-
-
-@dataclass(frozen=True)
-class Rung:
-    candidates: int
-    epochs: int
-
-
-def first_epochs(full_epochs: int) -> int:
-    """Epochs of the first rung: a few (2), fewer for very short runs."""
-    return max(1, min(MIN_RUNG_EPOCHS, full_epochs // 4))
-
-
-def halving_schedule(n: int, full_epochs: int) -> list[Rung]:
-    """Rungs for ``n`` candidates: all of them, then half (rounded up) for twice the epochs, ...,
-    down to two; no rung longer than half the full distillation the winner gets after them."""
-    e0, rungs, k = first_epochs(full_epochs), [], 0
-    while True:
-        rungs.append(Rung(n, min(e0 * 2**k, max(e0, full_epochs // 2))))
-        if n <= 2:
-            return rungs
-        n, k = math.ceil(n / 2), k + 1
-
-
-def schedule_cost(rungs: list[Rung]) -> int:
-    """Candidate-epochs the rungs take."""
-    return sum(r.candidates * r.epochs for r in rungs)
-
-
-def fast_enough(grid: list[dict[str, Any]], teacher_ms: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(kept, left out) of ``grid`` (entries with ``latency_ms``): those at most
-    :data:`MAX_LATENCY_SHARE` of the teacher's latency, or the :data:`MIN_GRID` fastest when fewer
-    are (a small teacher is bound by per-layer overhead like its students); in the grid's order."""
-    limit = MAX_LATENCY_SHARE * teacher_ms
-    fastest = {g["name"] for g in sorted(grid, key=lambda g: g["latency_ms"])[:MIN_GRID]}
-    keep = [g for g in grid if g["latency_ms"] <= limit or g["name"] in fastest]
-    if sum(g["latency_ms"] <= limit for g in grid) >= MIN_GRID:
-        keep = [g for g in grid if g["latency_ms"] <= limit]
-    return keep, [g for g in grid if g not in keep]
-
-
-def favour(preferred: list[str], others: list[str], head: int, every: int = 3) -> list[str]:
-    """``preferred`` and ``others`` merged: the first ``head`` of ``preferred`` (the configured
-    student), then two of ``preferred`` for each one of ``others`` (every ``every``-th place), each
-    in its own order; what is left of either at the end."""
-    out, p, o = list(preferred[:head]), list(preferred[head:]), list(others)
-    while p or o:
-        take_other = (len(out) - head) % every == every - 1
-        out.append((o if (take_other and o) or not p else p).pop(0))
-    return out
-
-
-def cost_ratio(latency_ms: float, reference_ms: float) -> float:
-    """How much longer an epoch of a candidate is expected to take than one of the configured
-    student, from their quick latencies: proportional above it, never below half (an epoch also
-    loads, augments and validates, whatever the model)."""
-    return max(0.5, latency_ms / reference_ms)
-
-
-def weighted_cost(ratios: list[float], full_epochs: int) -> float:
-    """Epochs (of the configured student) the rungs of candidates with these cost ratios take, in
-    the order the search would promote them not known in advance: rung 1 runs every one, each later
-    rung its share of them at their mean ratio."""
-    rungs = halving_schedule(len(ratios), full_epochs)
-    mean = sum(ratios) / len(ratios)
-    return rungs[0].epochs * sum(ratios) + sum(r.candidates * r.epochs * mean for r in rungs[1:])
-
-
-BUDGET_FACTOR = 1.8
-"""The default budget in full distillations: about twice one, less the error of estimating an
-epoch from the first ones (they run slower than the rest), so that the search ends within twice."""
-
-
-def default_budget_s(full_epochs: int, epoch_s: float, setup_s: float) -> float:
-    """The default budget: :data:`BUDGET_FACTOR` full distillations (``full_epochs`` of
-    ``epoch_s``), the search's one-time setup (``setup_s``: filling the target cache, timing the
-    grid) included, as a distillation's own is in its time; never less than the setup and 4 epochs."""
-    return max(BUDGET_FACTOR * full_epochs * epoch_s, setup_s + 4 * epoch_s)
-
-
-# --------------------------------------------------------------------------------------------------
 # The search.
-
-
-class _Book:
-    """RUN/search.json: what the search measured and decided, saved atomically after every step;
-    ``spent`` counts the seconds of every session (engine.clock's clock, replaceable in tests)."""
-
-    def __init__(self, run_dir: Path, data: dict[str, Any]) -> None:
-        self.path, self.data = run_dir / "search.json", data
-        self._base, self._t0 = float(data.get("spent_s", 0.0)), clock._now()
-
-    @classmethod
-    def open(cls, run_dir: Path, fresh: bool) -> _Book:
-        path = run_dir / "search.json"
-        if fresh:  # --overwrite onto an earlier run: nothing of its search may pass for this one's
-            for name in ("search.json", "search.md", "search_pareto.png"):
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "search", ignore_errors=True)
-        return cls(run_dir, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"runs": []})
-
-    @property
-    def spent(self) -> float:
-        return self._base + clock._now() - self._t0
-
-    def save(self) -> None:
-        self.data["spent_s"] = round(self.spent, 3)
-        write_json(self.path, self.data)
-
-    def runs(self, rung: int) -> dict[str, dict[str, Any]]:
-        return {r["name"]: r for r in self.data["runs"] if r["rung"] == rung}
-
-    def epoch_s(self, name: str) -> float:
-        """Seconds an epoch of ``name`` took (its latest run); before it ran, the configured
-        student's epoch scaled by :func:`cost_ratio` (a student 10x slower to run is about 10x slower
-        to train; one the size of the first has an epoch as long)."""
-        mine = [r["epoch_s"] for r in self.data["runs"] if r["name"] == name]
-        if mine:
-            return float(mine[-1])
-        return self._predicted(name) * max([1.0] + [r["epoch_s"] / self._predicted(r["name"]) for r in self.data["runs"]])
-
-    def epoch_only_s(self, name: str) -> float:
-        """An epoch of ``name`` without its run's fixed cost (a long run's epochs), once it ran."""
-        run = [r for r in self.data["runs"] if r["name"] == name][-1]
-        return float(run.get("epoch_only_s", run["epoch_s"]))
-
-    def _predicted(self, name: str) -> float:
-        """An epoch of ``name`` from the configured student's and the quick timings (the estimate
-        above, before it learns from the runs how far off such estimates were: the worst miss
-        so far scales every estimate up, so a budget is kept by overestimates)."""
-        ref = self.data["reference"]
-        t_ref = next(r["epoch_s"] for r in self.data["runs"] if r["name"] == ref)
-        grid = {g["name"]: g for g in self.data["grid"]}
-        return t_ref * cost_ratio(grid[name]["latency_ms"], grid[ref]["latency_ms"])
-
-    def score(self, run: dict[str, Any]) -> Score:
-        return Score(run["name"], float(run["iou"]), float(self.data["latency"][run["name"]]["latency_ms"]))
 
 
 def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
@@ -370,11 +92,11 @@ def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch
     if fresh:
         _check(cfg)
         start_run(run_dir, cfg, plan)  # config.yaml: what --resume continues
-    book = _Book.open(run_dir, fresh)
+    book = Book.open(run_dir, fresh)
     objective = Objective.parse(cfg.distill.search)  # type: ignore[arg-type]
     book.data.setdefault("objective", str(objective))
     if "teacher" not in book.data:
-        _teacher(cfg, book, device)
+        score_teacher(cfg, book, device)
     if "grid" not in book.data:
         _grid(cfg, book)
     reference = book.data["reference"]
@@ -414,48 +136,7 @@ def _reference_args(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k in signature and k != "in_channels"}
 
 
-class _SoftAsImage(Dataset):
-    """A validation set whose "image" is the teacher's cached probability map."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = self.dataset[i]
-        return {**item, "image": item["soft"]}
-
-
-class _CachedTeacher(nn.Module):
-    """The teacher's cached predictions as a model: probabilities in, logits out."""
-
-    def forward(self, p: torch.Tensor) -> torch.Tensor:
-        return prob_to_logit(p)
-
-
-def _teacher(cfg: Config, book: _Book, device: torch.device) -> None:
-    """Fill the target cache (the only teacher passes of the search) and score the teacher on the
-    validation images from its cached predictions."""
-    path = Path(cfg.distill.teacher)  # type: ignore[arg-type]
-    teacher, tinfo = load_model(path, device)
-    data = build_distill_data(cfg, teacher, tinfo, path, device)
-    del teacher
-    if data.val_loader is None:
-        raise ConfigError("--search compares students on validation images, and there are none")
-    metrics = {"iou": 1.0, "dice": 1.0}  # without labels students are scored by agreement with the teacher
-    if data.val_key == "mask":
-        loader = DataLoader(_SoftAsImage(data.val_loader.dataset), batch_size=1)
-        m = evaluate(_CachedTeacher(), loader, torch.device("cpu"), tinfo.threshold).metrics
-        metrics = {"iou": round(m["iou"], 6), "dice": round(m["dice"], 6)}
-    book.data["validation"] = "labels" if data.val_key == "mask" else "agreement with the teacher"
-    book.data["teacher"] = {"file": str(path), "arch": tinfo.arch, "val_iou": metrics["iou"], "val_dice": metrics["dice"],
-                            "forward_passes": data.teacher_passes}
-    book.save()
-
-
-def _grid(cfg: Config, book: _Book) -> None:
+def _grid(cfg: Config, book: Book) -> None:
     """The grid: parameters, GFLOPs and a quick torch latency of every candidate and the teacher."""
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
     size, size_from = _latency_size(cfg, tinfo)
@@ -468,8 +149,8 @@ def _grid(cfg: Config, book: _Book) -> None:
         if i == 0 or teacher_params / SHRINK[1] <= params <= teacher_params / SHRINK[0]:
             grid.append({"name": candidate_name(args), "args": args, "params": params})
     log.info("search %s: %d students of the unet family considered (%s-%s parameters, the teacher has %s); timing "
-             "each at %dx%d (%s) ...", cfg.distill.search, len(grid), _m(min(g["params"] for g in grid)),
-             _m(max(g["params"] for g in grid)), _m(teacher_params), *size, size_from)
+             "each at %dx%d (%s) ...", cfg.distill.search, len(grid), format_params(min(g["params"] for g in grid)),
+             format_params(max(g["params"] for g in grid)), format_params(teacher_params), *size, size_from)
     quick = _latencies([(g["name"], "unet", {"in_channels": ch, **g["args"]}) for g in grid]
                        + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, [Choice("torch", "fp32", True)], runs=3)
     for g in grid:
@@ -491,7 +172,7 @@ def _grid(cfg: Config, book: _Book) -> None:
 def _latency_size(cfg: Config, tinfo: ModelInfo) -> tuple[tuple[int, int], str]:
     """(h, w) the latency is measured at: a transfer image at the model's working resolution, else
     the training crop, and which of the two."""
-    from ..inference.choose import working_size
+    from ...inference.choose import working_size
 
     images = sorted(transfer_images(cfg))
     hw = working_size(images[0], tinfo) if images else None
@@ -511,8 +192,8 @@ def _latencies(models: list[tuple[str, str, dict[str, Any]]], tinfo: ModelInfo, 
     """{name: latency_ms, backend, gflops} of each (name, arch, args) at ``size``: the fastest of
     ``choices`` that agrees with torch (inference/choose.py). Measured on the architecture with fresh
     weights (latency does not depend on them), so the teacher never runs here."""
-    from ..deploy.speed import model_gflops
-    from ..inference.choose import choose, measure
+    from ...inference.choose import choose, measure
+    from ...measure import model_gflops
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -526,7 +207,7 @@ def _latencies(models: list[tuple[str, str, dict[str, Any]]], tinfo: ModelInfo, 
     return out
 
 
-def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
+def _plan(cfg: Config, book: Book, objective: Objective) -> None:
     """The budget, how many candidates it affords, which ones, their rungs; each candidate timed on
     every backend."""
     d, full = book.data, cfg.train.epochs
@@ -572,12 +253,12 @@ def _plan(cfg: Config, book: _Book, objective: Objective) -> None:
     _log_plan(book, objective)
 
 
-def _log_plan(book: _Book, objective: Objective) -> None:
-    from ..report import format_table
+def _log_plan(book: Book, objective: Objective) -> None:
+    from ...report import format_table
 
     d = book.data
     rungs = "; ".join(f"rung {k + 1}: {r['candidates']} x {r['epochs']} epoch(s)" for k, r in enumerate(d["rungs"]))
-    rows = [{"candidate": c, "params": _m(g["params"]), "GFLOPs": g["gflops"],
+    rows = [{"candidate": c, "params": format_params(g["params"]), "GFLOPs": g["gflops"],
              "latency ms": d["latency"][c]["latency_ms"], "backend": d["latency"][c]["backend"]}
             for c in d["candidates"] for g in d["grid"] if g["name"] == c]
     log.info("%s\nsearch %s, budget %s (%s): %s; then the winner x %d epochs (its full distillation)",
@@ -585,7 +266,7 @@ def _log_plan(book: _Book, objective: Objective) -> None:
              objective, format_duration(d["budget_s"]), d["budget_from"], rungs, d["full_epochs"])
 
 
-def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device: torch.device) -> None:
+def _rungs(cfg: Config, book: Book, run_dir: Path, objective: Objective, device: torch.device) -> None:
     """Successive halving; stops before a run that would leave too little of the budget for the
     winner's full distillation."""
     d, full = book.data, cfg.train.epochs
@@ -609,14 +290,14 @@ def _rungs(cfg: Config, book: _Book, run_dir: Path, objective: Objective, device
                 return
             run = _run(cfg, book, run_dir, name, k, rung["epochs"], device, rung["epochs"] * book.epoch_s(name))
             log.info("search rung %d/%d, %d/%d: %s (%s parameters, %.2f ms): IoU %.4f after %d epoch(s) (%.0fs); %s of %s",
-                     k + 1, len(d["rungs"]), i + 1, len(members), name, _m(_entry(d, name)["params"]),
+                     k + 1, len(d["rungs"]), i + 1, len(members), name, format_params(_entry(d, name)["params"]),
                      d["latency"][name]["latency_ms"], run["iou"], run["epochs"], run["seconds"],
                      format_duration(book.spent), format_duration(d["budget_s"]))
     d["stopped"] = {"reason": "done"}
     book.save()
 
 
-def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device,
+def _run(cfg: Config, book: Book, run_dir: Path, name: str, rung: int, epochs: int, device: torch.device,
          expected_s: float | None = None) -> dict[str, Any]:
     """The short distillation of candidate ``name`` in RUN/search/NAME-rK (resumed when its own
     training state is there), recorded in search.json (with ``expected_s``, the seconds the budget
@@ -628,11 +309,11 @@ def _run(cfg: Config, book: _Book, run_dir: Path, name: str, rung: int, epochs: 
             ccfg, _, state = open_run(None, sub, False)
             done = int(state["epoch"])  # type: ignore[index]
             history = list(state["history"]) if complete_message(ccfg, sub, state) else \
-                _distill(ccfg, sub, state, device, clock._now(), None, short=True).history
+                distill_student(ccfg, sub, state, device, clock._now(), None, short=True).history
         else:
             shutil.rmtree(sub, ignore_errors=True)  # a start killed before its first epoch was saved
             torch.manual_seed(cfg.seed)  # each candidate as if it ran alone: a resumed search gets the same results
-            history = _distill(_candidate_config(cfg, _entry(book.data, name)["args"], epochs, sub), sub, None, device,
+            history = distill_student(_candidate_config(cfg, _entry(book.data, name)["args"], epochs, sub), sub, None, device,
                                clock._now(), None, short=True).history
     seconds = clock._now() - t0
     best = max((h for h in history if h.get("val_iou") is not None), key=lambda h: h["val_iou"])
@@ -676,7 +357,7 @@ def _entry(d: dict[str, Any], name: str) -> dict[str, Any]:
     return next(g for g in d["grid"] if g["name"] == name)
 
 
-def last_full_rung(book: _Book, objective: Objective) -> int:
+def last_full_rung(book: Book, objective: Objective) -> int:
     """The deepest rung every member of which was distilled (rung 1 when even it was cut short)."""
     d, deepest = book.data, 0
     for k in range(1, len(d.get("rungs", []))):
@@ -688,7 +369,7 @@ def last_full_rung(book: _Book, objective: Objective) -> int:
     return deepest
 
 
-def _pick(book: _Book, objective: Objective) -> None:
+def _pick(book: Book, objective: Objective) -> None:
     """The winner, from the last full rung: for ``keep``, the fastest keeping the share of the
     teacher's IoU; when none does yet after so few epochs, the share of the best IoU of the rung
     (that student standing in for the teacher after a full distillation). Only candidates an epoch
@@ -715,12 +396,10 @@ def _pick(book: _Book, objective: Objective) -> None:
              pick.name, k + 1, run["iou"], run["epochs"], d["latency"][pick.name]["latency_ms"], rule)
 
 
-def _final(cfg: Config, book: _Book, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
+def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
            objective: Objective) -> DistillResult:
     """The winner's full distillation in the run folder (its time fitted to what is left of the
     budget when that is short), then the search's report."""
-    from .search_report import write_search_report
-
     d, full = book.data, cfg.train.epochs
     w = d["winner"]
     if "final" not in d:
@@ -740,7 +419,7 @@ def _final(cfg: Config, book: _Book, run_dir: Path, state: dict | None, device: 
     metrics = {"iou": d["teacher"]["val_iou"], "dice": d["teacher"]["val_dice"]} if d["validation"] == "labels" else {}
     if not d["final"].get("done"):
         torch.manual_seed(cfg.seed)
-        result = _distill(wcfg, run_dir, state, device, clock._now(), plan, teacher_figures=TeacherFigures(metrics, stand_in))
+        result = distill_student(wcfg, run_dir, state, device, clock._now(), plan, teacher_figures=TeacherFigures(metrics, stand_in))
         d["final"].update(done=True, epochs=len(result.history))
         book.save()
     else:  # killed between the end of the distillation and the report of the search
@@ -753,24 +432,7 @@ def _final(cfg: Config, book: _Book, run_dir: Path, state: dict | None, device: 
     d["final"].update(iou=iou, meets=bool(meets), keeps=round(iou / d["teacher"]["val_iou"], 4) if iou is not None and d["teacher"]["val_iou"] else None)
     book.save()
     report = write_search_report(run_dir, d, result.report)
-    _log_outcome(d, objective)
+    if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
+        log.info("report: %s", html_report.write_run_report(run_dir))
+    log_outcome(d, objective)
     return DistillResult(run_dir, result.history, report)
-
-
-def _log_outcome(d: dict[str, Any], objective: Objective) -> None:
-    w, f = d["winner"], d["final"]
-    lat = d["latency"][w["name"]]
-    if f["meets"]:
-        log.info("search %s: %s meets it: IoU %.4f (%.1f%% of the teacher's), %.2f ms (%s)", objective, w["name"],
-                 f["iou"], 100 * (f["keeps"] or 0), lat["latency_ms"], lat["backend"])
-    elif objective.kind == "keep":
-        log.warning("search %s: no student was shown to keep %.0f%% of the teacher's IoU; the closest bet, %s, keeps "
-                    "%.1f%% after its full distillation (a larger student or a longer run would keep more)", objective,
-                    100 * objective.value, w["name"], 100 * (f["keeps"] or 0))
-    else:
-        log.warning("search %s: no student runs that fast here; the fastest found, %s, takes %.2f ms", objective,
-                    w["name"], lat["latency_ms"])
-
-
-def _m(params: int) -> str:
-    return f"{params / 1e6:.3f}M" if params >= 1e5 else f"{params / 1e3:.1f}K"

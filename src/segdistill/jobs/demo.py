@@ -12,13 +12,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .config import load_config
-from .data.synth import make_synthetic_dataset
-from .engine.distill import distill
-from .engine.evaluate import evaluate_model
-from .engine.train import fit
-from .inference.predictor import Predictor, predict_to_folder
-from .report import format_table
+from ..config import load_config
+from ..data.synth import make_synthetic_dataset
+from ..engine.train import fit
+from ..inference.predictor import Predictor
+from ..report import format_table
+from .distill import distill
+from .evaluate import evaluate_model
+from .predict import predict_to_folder
 
 log = logging.getLogger("segdistill")
 

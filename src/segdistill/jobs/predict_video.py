@@ -24,8 +24,8 @@ from ..data.video import MASK_CODEC, OVERLAY_CODEC, Codec, VideoReader, video_wr
 from ..distributed import is_main_process
 from ..errors import DataError
 from ..fileio import atomic_dir
-from .predictor import Predictor, overlay
-from .sources import inside
+from ..inference.predictor import Predictor, overlay
+from ..inference.sources import inside
 
 log = logging.getLogger("segdistill")
 

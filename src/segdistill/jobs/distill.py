@@ -1,0 +1,53 @@
+"""``segdistill distill``: a configured distillation, or with ``distill.search`` the search for the
+student first (engine/search/) and then the winner's distillation; resumes either."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, as_config, validate_distill
+from ..distributed import process_group
+from ..engine.data import transfer_images
+from ..engine.distill import DistillResult, distill_student, student_config
+from ..engine.planning import plan_student
+from ..engine.run import complete_message, open_run, read_plan
+from ..engine.search.orchestrate import search_student
+from ..runtime import select_device, set_threads
+
+log = logging.getLogger("segdistill")
+
+
+def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
+            started: float | None = None) -> DistillResult:
+    """Run a configured distillation (``cfg``: a Config or a dict of config keys, as in ``fit``);
+    see the module docstring. ``started``: as in ``fit``. With ``distill.search`` the student is
+    searched for first, and the winner distilled (engine/search/)."""
+    started = time.monotonic() if started is None else started
+    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
+    done = complete_message(cfg, run_dir, state)
+    report_path = run_dir / "distill_report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
+    # Without the report of these epochs (killed after the last one), the resume writes it.
+    if (done is not None and state is not None and report.get("epochs") == len(state.get("history", []))
+            and (not cfg.distill.search or "search" in report)):  # a search's report ends with the search
+        log.info(done)
+        return DistillResult(run_dir, list(state["history"]), report)
+    validate_distill(cfg)
+    if resume is None:  # a resumed run goes on with the plan in its config.yaml
+        cfg, plan = plan_student(cfg, len(transfer_images(cfg)))  # videos: decodes their frames, once
+    else:
+        plan = read_plan(run_dir)
+    cfg = student_config(cfg)
+    set_threads(cfg.threads)
+    device = select_device(cfg.device)
+    with process_group(device):
+        torch.manual_seed(cfg.seed)
+        if cfg.distill.search:
+            return search_student(cfg, run_dir, state, device, plan, fresh=resume is None)
+        return distill_student(cfg, run_dir, state, device, started, plan)

@@ -1,0 +1,13 @@
+"""``segdistill import-keras``: a U-Net .h5 of the original Keras tool as a model file."""
+
+from __future__ import annotations
+
+from ..deploy.keras_h5 import import_keras as convert
+
+
+def import_keras(model: str, out: str | None = None, max_side: int | None = None) -> None:
+    """Convert ``model`` into ``out`` (default: beside it) and print what was imported."""
+    result = convert(model, out, max_side)
+    pre = result.info.preprocess
+    print(f"imported: {result.path} ({result.info.arch}, base {result.info.args['base']}, depth "
+          f"{result.info.args['depth']}, {pre.channels}, {result.parameters / 1e6:.3f}M parameters)")

@@ -1,0 +1,30 @@
+"""``segdistill train``: check the data, train (or resume) a run, print its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import Config
+from ..data.check import check_data
+from ..distributed import is_main_process
+from ..engine.train import fit
+from ..errors import SegdistillError
+
+
+def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, started: float | None = None) -> Path:
+    """Train ``cfg`` into a new run folder (``overwrite``: reuse runs/NAME), after the data check
+    unless ``skip_check``; prints and returns the folder."""
+    if not skip_check:
+        report = check_data(cfg.data, cfg.seed)
+        if not report.ok:
+            more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
+            raise SegdistillError(report.errors[0] + more)
+    result = fit(cfg, overwrite=overwrite, started=started)
+    if is_main_process():
+        print(f"results: {result.run_dir}")
+    return result.run_dir
+
+
+def resume(run_dir: str | Path, started: float | None = None) -> None:
+    """Continue the interrupted run in ``run_dir`` exactly as configured there."""
+    fit(None, resume=run_dir, started=started)  # type: ignore[arg-type]
