@@ -73,3 +73,15 @@ def torchrun(args: list[str], nproc: int = 2, failpoint: str | None = None) -> s
            "-m", "segdistill", "-q", *args]
     return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HANG_GUARD_S,
                           text=True, errors="replace")
+
+
+def trained_statistics(model, spread: float = 0.5):
+    """``model`` with batch-norm statistics far from the identity, as after training (an export
+    check on fresh statistics would pass trivially); returns it."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-spread, spread)
+            m.running_var.uniform_(0.5, 2.0)
+    return model

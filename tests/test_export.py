@@ -16,6 +16,8 @@ from segdistill.errors import SegdistillError
 from segdistill.inference.backends import OnnxRuntimeBackend, TorchBackend
 from segdistill.inference.choose import open_backend
 
+from .helpers import trained_statistics
+
 pytest.importorskip("onnxruntime")
 
 
@@ -93,10 +95,7 @@ def test_cpu_shaped_students_export_and_match_eager(tmp_path, shape):
     torch.manual_seed(0)
     args = resolved_args("unet", base=4, depth=2, **shape)
     model = create_model("unet", **args)
-    for m in model.modules():  # statistics far from the identity, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_statistics(model, 0.5)
     path = save_model(tmp_path / "m.safetensors", model.eval(), ModelInfo("unet", args, Preprocess()))
     result = export_onnx(path)
     assert result.max_abs_diff < 1e-4 and result.checked_on.startswith("noise")

@@ -23,6 +23,8 @@ from segdistill.models import pretrained as pt
 from segdistill.models.encoders import ENCODERS, build_encoder
 from segdistill.models.pretrained import _lite_flat_names, find_weights, fit_weights, load_pretrained, read_weights
 
+from .helpers import trained_statistics
+
 TINY = {"encoder": "efficientnet_lite0", "decoder": [8, 8, 8, 8, 8]}
 
 
@@ -219,10 +221,7 @@ def test_an_encoder_model_exports_and_predicts_alike_on_every_backend(tmp_path):
     torch.manual_seed(0)
     args = resolved_args("encoder_unet", in_channels=3, input_scale=0.5, **TINY)
     model = create_model("encoder_unet", **args)
-    for m in model.modules():  # statistics far from the identity, as after training
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
+    trained_statistics(model, 0.2)
     info = ModelInfo("encoder_unet", args, Preprocess("rgb", list(ENCODERS["efficientnet_lite0"].mean),
                                                       list(ENCODERS["efficientnet_lite0"].std)))
     path = save_model(tmp_path / "m.safetensors", model.eval(), info)
