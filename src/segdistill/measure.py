@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -48,13 +49,19 @@ def cpu_latency_ms(
         x = x.contiguous(memory_format=torch.channels_last)
     for _ in range(warmup):
         model(x)
+    ms = median_seconds(lambda: model(x), runs) * 1000
+    model.to(memory_format=torch.contiguous_format)
+    return ms
+
+
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """The median wall time of ``runs`` calls of ``fn`` (the one timing loop every measurement uses)."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        model(x)
+        fn()
         times.append(time.perf_counter() - t0)
-    model.to(memory_format=torch.contiguous_format)
-    return statistics.median(times) * 1000
+    return statistics.median(times)
 
 
 def cpu_features() -> dict[str, bool]:
@@ -116,12 +123,7 @@ def throughput(timing: Timing, x: torch.Tensor, batch_sizes: list[int], runs: in
     for b in batch_sizes:
         xb = x.repeat(b, 1, 1, 1)
         backend(xb)
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            backend(xb)
-            times.append(time.perf_counter() - t0)
-        rate = b / sorted(times)[len(times) // 2]
+        rate = b / median_seconds(lambda: backend(xb), runs)  # noqa: B023 (called at once, in this iteration)
         if rate > best[1]:
             best = (b, rate)
     return best[0], best[1], rss_mb("VmHWM") if can_reset else None
