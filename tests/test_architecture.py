@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segdistill"
 # The first prefix that matches a module's name decides its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("version", "errors", "config", "metrics", "failpoints", "fileio", "distributed", "runtime",
-              "losses")),
+              "losses", "typed")),
     ("data, models", ("data", "models", "checkpoint")),
     ("engine, inference", ("engine", "inference", "deploy", "measure", "report", "html_report")),
     ("jobs", ("jobs",)),
@@ -28,9 +28,9 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Offenders still to split (issue 29). This list only shrinks: a module or function that grows
 # past the limit, or a new one, fails; one that falls under it must be taken off the list.
-LONG_MODULES = {"config", "data.standard", "html_report"}
+LONG_MODULES = {"data.standard", "html_report"}
 LONG_FUNCTIONS = {
-    "config._coerce", "data.plan.make_plan", "engine.distill.distill_student",
+    "data.plan.make_plan", "engine.distill.distill_student",
     "engine.evaluate.evaluate",
 }
 

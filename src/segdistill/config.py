@@ -8,16 +8,14 @@ against their declared type, and the resolved config is written into the run fol
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
+from .typed import build, commented_yaml, leaf_keys, leaf_values, override
 
 
 @dataclass
@@ -299,142 +297,18 @@ class Config:
         return Path(self.output_dir) / self.name
 
 
-# --------------------------------------------------------------------------------------------------
-# Building a dataclass from a nested dict, with type checks and "did you mean".
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(sorted(options))}"
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; convert the few safe cases (int -> float)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{where}: {value!r} is not a valid value (expected {_type_name(tp)})")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise ConfigError(f"{where}: expected null, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, bool) and value in (True, False) and "true" in choices:
-            return "true" if value else "false"
-        if isinstance(value, bool) and "off" in choices:  # YAML reads a bare off as false
-            return "auto" if value else "off"
-        if value in choices:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # PyYAML reads 3e-3 (no dot) as a string; accept it as the number it means.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # YAML reads file stems such as 24 as numbers
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
-
-
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        return " or ".join(_type_name(t) for t in typing.get_args(tp))
-    if typing.get_origin(tp) is Literal:
-        return " or ".join(repr(c) for c in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _build(cls: type, data: Any, where: str = "config") -> Any:
-    if data is None:
-        data = {}
-    if dataclasses.is_dataclass(data):
-        data = dataclasses.asdict(data)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            # repr: a key from a file may hold a newline, and errors stay one line.
-            raise ConfigError(f"{where}: unknown key {str(key)!r}{_suggest(str(key), names)}")
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where != "config" else key)
-    return cls(**kwargs)
-
-
 def config_from_dict(data: dict[str, Any] | None) -> Config:
-    cfg = _build(Config, data or {})
+    cfg = build(Config, data or {})
     validate(cfg)
-    cfg._given = _leaf_keys(data or {})  # type: ignore[attr-defined]  # what the plan must not change
+    cfg._given = leaf_keys(data or {})  # type: ignore[attr-defined]  # what the plan must not change
     return cfg
-
-
-def _leaf_keys(data: dict[str, Any], prefix: str = "") -> set[str]:
-    """Dotted paths of the values in a nested dict ({"model": {"args": {"base": 8}}} -> model.args.base)."""
-    keys: set[str] = set()
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            keys |= _leaf_keys(value, path + ".")
-        elif dataclasses.is_dataclass(value):
-            keys |= _leaf_keys(dataclasses.asdict(value), path + ".")  # type: ignore[arg-type]
-        else:
-            keys.add(path)
-    return keys
 
 
 def given_keys(cfg: Config) -> set[str]:
     """The dotted keys the user set: those in the file, flags and overrides the config was loaded
     from, and any value that differs from its default (a Config changed in code)."""
-    now, default = _leaf_values(dataclasses.asdict(cfg)), _leaf_values(dataclasses.asdict(Config()))
+    now, default = leaf_values(dataclasses.asdict(cfg)), leaf_values(dataclasses.asdict(Config()))
     return set(getattr(cfg, "_given", set())) | {k for k, v in now.items() if k not in default or default[k] != v}
-
-
-def _leaf_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_leaf_values(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def as_config(cfg: Config | dict[str, Any], what: str) -> Config:
@@ -452,39 +326,9 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (e.g. train.epochs=10)")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip().split("."), value
-
-
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict."""
-    for text in overrides:
-        path, value = _parse_override(text)
-        node = data
-        cls: Any = Config
-        for depth, part in enumerate(path):
-            hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else None
-            if hints is not None and part not in hints:
-                prefix = ".".join(path[:depth])
-                where = f"override '{text}'" + (f" (in {prefix})" if prefix else "")
-                raise ConfigError(f"{where}: unknown key '{part}'{_suggest(part, list(hints))}")
-            if depth == len(path) - 1:
-                node[part] = value
-                break
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = dataclasses.asdict(child) if dataclasses.is_dataclass(child) else {}
-                node[part] = child
-            node = child
-            cls = hints[part] if hints is not None else Any
-    return data
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML scalars) to a nested dict of config keys."""
+    return override(data, overrides, Config)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -590,39 +434,4 @@ def dump_config(cfg: Config) -> str:
 
 def default_config_yaml() -> str:
     """The default config as YAML, each key followed by the comment from its docstring."""
-    lines = ["# segdistill config. Every key is optional; CLI flags and --set key=value override it.", ""]
-
-    def emit(obj: Any, indent: int) -> None:
-        docs = _field_docs(type(obj))
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            pad = "  " * indent
-            comment = f"  # {docs[f.name]}" if f.name in docs else ""
-            if dataclasses.is_dataclass(value):
-                lines.append(f"{pad}{f.name}:{comment}")
-                emit(value, indent + 1)
-            else:
-                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
-                dumped = dumped[1:-1] if dumped.startswith("{") else dumped
-                lines.append(f"{pad}{dumped}{comment}")
-
-    emit(Config(), 0)
-    return "\n".join(lines) + "\n"
-
-
-def _field_docs(cls: type) -> dict[str, str]:
-    """Field docstrings (the string literal under a field) read from the class source."""
-    import ast
-    import inspect
-
-    try:
-        tree = ast.parse(inspect.getsource(cls))
-    except (OSError, TypeError):  # pragma: no cover - source unavailable (frozen app)
-        return {}
-    docs: dict[str, str] = {}
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
+    return commented_yaml(Config(), "# segdistill config. Every key is optional; CLI flags and --set key=value override it.")
