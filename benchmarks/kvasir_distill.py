@@ -36,7 +36,7 @@ from segdistill.engine.targets import build_target_cache
 from segdistill.engine.train import fit
 from segdistill.jobs.distill import distill
 from segdistill.jobs.evaluate import evaluate_model
-from segdistill.measure import count_gflops, count_params, cpu_latency_ms
+from segdistill.measure import count_gflops, count_params, model_latency
 
 
 def _unet_args(text: str) -> dict[str, int | str]:
@@ -107,7 +107,7 @@ def main() -> None:
     size, ch = args.input_size, tinfo.preprocess.in_channels
     t_eval = evaluate_model(teacher, test, all_images=True, out=out / "teacher_test.csv").metrics
     rows = [{"model": "teacher " + ", ".join(f"{k} {tinfo.args.get(k)}" for k in ("base", "depth")), "params": count_params(tm),
-             "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": cpu_latency_ms(tm, ch, size),
+             "compression": 1.0, "GFLOPs": count_gflops(tm, ch, size), "CPU ms": model_latency(tinfo, (size, size)).ms,
              "test IoU": t_eval["iou"], "test Dice": t_eval["dice"], "minutes": teacher_minutes}]
     per_run = []
     jobs = []
@@ -138,11 +138,11 @@ def main() -> None:
                                 "test IoU": o[kind]["iou"], "test Dice": o[kind]["dice"]})
             per_run[-1]["minutes (distill + baseline)"] = o["minutes"]
             run_dir = Path(o["run_dir"])
-        sm, _ = load_model(run_dir / "model.safetensors")
+        sm, sinfo = load_model(run_dir / "model.safetensors")
         for kind, ms in results.items():
             rows.append({"model": f"student {label}, {kind}", "params": count_params(sm),
                          "compression": rows[0]["params"] / count_params(sm), "GFLOPs": count_gflops(sm, ch, size),
-                         "CPU ms": cpu_latency_ms(sm, ch, size),
+                         "CPU ms": model_latency(sinfo, (size, size)).ms,
                          "test IoU": statistics.mean(m["iou"] for m in ms), "test Dice": statistics.mean(m["dice"] for m in ms),
                          "minutes": None})
     for r in rows:

@@ -14,7 +14,8 @@ from segdistill.cli import main
 from segdistill.errors import SegdistillError
 from segdistill.inference import choose as choose_mod
 from segdistill.inference.backends import Choice, OpenVinoBackend, build_backend, onnx_precision
-from segdistill.inference.choose import Timing, choose, open_backend
+from segdistill.inference.choose import open_backend
+from segdistill.measure import Timing, choose
 
 pytest.importorskip("onnxruntime")
 
@@ -102,7 +103,7 @@ def test_auto_measures_once_then_uses_the_cached_choice(tiny_model, synth_dir, m
     def no_measuring(*a, **k):
         raise AssertionError("measured again")
 
-    monkeypatch.setattr(choose_mod, "measure", no_measuring)
+    monkeypatch.setattr(choose_mod, "time_backends", no_measuring)
     again, _ = open_backend(tiny_model, "auto", measure_on=image)
     assert again.name == backend.name and again.precision == backend.precision
     # Without a job big enough to measure and nothing cached at that size, auto is the plain default.

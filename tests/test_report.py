@@ -185,7 +185,7 @@ def test_benchmark_of_a_run_folder_puts_the_tradeoff_in_its_report(distilled, tm
     """``segdistill benchmark RUN_DIR``: the teacher, student and twin on each backend, with the IoU
     each scores on the run's validation images, in speed.json and as the report's Speed section."""
     monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))
-    assert main(["-q", "benchmark", str(distilled), "--backend", "torch", "--size", "32", "--runs", "2",
+    assert main(["-q", "benchmark", str(distilled), "--backend", "torch", "--runs", "2",
                  "--batch-sizes", "1", "--json", str(tmp_path / "copy.json")]) == 0
     doc = json.loads((distilled / "speed.json").read_text(encoding="utf-8"))
     assert list(doc["labels"].values()) == ["teacher", "student", "student, labels only"]
@@ -200,6 +200,17 @@ def test_benchmark_of_a_run_folder_puts_the_tradeoff_in_its_report(distilled, tm
     speed = page[page.index('<section id="speed">'):]
     speed = speed[:speed.index("</section>")]
     assert "data:image/png;base64," in speed and "student, labels only" in speed and "IoU against latency" in speed
+    # One latency per model in the run folder: measured once (latency.json), stated alike by
+    # distill_report.json, speed.json and report.html, with how it was measured.
+    record = json.loads((distilled / "latency.json").read_text(encoding="utf-8"))
+    assert len(record) == 2  # teacher and student (the twin is the student's architecture)
+    for who, path in (("teacher", report["teacher"]["file"]), ("student", student)):
+        lat = report[who]["latency"]
+        assert lat in record.values() and doc["latency"][path] == lat and report[who]["cpu_ms"] == lat["ms"]
+        assert lat["batch"] == 1 and lat["threads"] >= 1 and lat["precision"] == "fp32" and lat["backend"]
+        assert doc["entries"][0]["size"] == lat["size"]  # the benchmark ran at the recorded size
+    card = page[page.index('<section id="model">'):]
+    assert f"{report['student']['latency']['ms']:.4g} ms ({report['student']['latency']['how']})" in card
 
 
 def test_benchmark_of_a_run_folder_without_its_teacher_names_the_file(distilled, tmp_path, capsys):

@@ -227,6 +227,10 @@ def test_search_end_to_end_without_teacher_passes_after_the_cache(teacher, synth
     scores = [Score(r["name"], r["iou"], d["latency"][r["name"]]["latency_ms"]) for r in d["runs"] if r["rung"] == k]
     assert w["name"] in {s.name for s in pareto_front(scores)}
     assert d["final"]["meets"] == (d["final"]["iou"] >= 0.9 * d["teacher"]["val_iou"])
+    # One latency per model: the report states the search's figures (measured once, latency.json).
+    assert report["teacher"]["latency"]["ms"] == d["latency"]["teacher"]["latency_ms"] == d["teacher"]["latency_ms"]
+    assert report["student"]["latency"]["ms"] == d["latency"][w["name"]]["latency_ms"]
+    assert report["student"]["latency"]["how"] == d["latency"][w["name"]]["how"]
     # The run's model is the winner, distilled for the full length.
     info = read_model_info(run / "model.safetensors")
     assert candidate_name(info.args) == w["name"] and d["final"]["epochs"] == 4

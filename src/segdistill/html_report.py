@@ -35,6 +35,7 @@ import torch
 from .checkpoint import ModelInfo, read_model_info
 from .errors import SegdistillError
 from .fileio import write_text
+from .measure import LATENCY_JSON, model_gflops, model_latency
 from .metrics import Sweep, confusion, scores
 from .version import __version__
 
@@ -230,10 +231,12 @@ def _run_card(run_dir: Path, cfg: Any, info: ModelInfo | None, distill: dict[str
 
     size = cfg.train.input_size
     if distill:
+        lat = distill["student"].get("latency") or {}
+        size = lat.get("size", [size])[0]
         cost = {**{k: distill["student"].get(k) for k in ("params", "gflops", "cpu_ms")},
-                "how": f"{distill.get('latency')}; measured at the end of distillation"}
+                "how": lat.get("how", distill.get("latency"))}
     else:
-        cost = measure(run_dir / "model.safetensors", info, size)
+        cost = measure(info, size, run_dir / LATENCY_JSON)
     rows = model_rows(info, cost, size)
     s = info.summary
     if distill:
@@ -287,7 +290,7 @@ def write_eval_report(out: str | Path, model_path: str | Path, data_dir: str | P
     model = ModelRef("prediction", model_path, threshold, tta, backend)
     sections += image_sections(result.per_image, [model], device, invert, max_side=max_side)
     size = int(info.summary.get("input_size", 256))
-    cost = measure(model_path, info, size) if model_path.suffix == ".safetensors" else {}
+    cost = measure(info, size) if model_path.suffix == ".safetensors" else {}
     rows_card = model_rows(info, cost, size)
     rows_card.append(("trained on", str(info.summary.get("data", "not recorded"))))
     sections.append(Section("model", "Model card", card(rows_card)))
@@ -574,22 +577,12 @@ def _css(colour: tuple[float, float, float]) -> str:
     return "rgb({},{},{})".format(*(round(255 * c) for c in colour))
 
 
-def measure(model_path: Path, info: ModelInfo, size: int) -> dict[str, Any]:
-    """Parameters, GFLOPs and CPU latency (batch 1, ``size`` x ``size``, fp32) of a .safetensors
-    model: a few forward passes."""
-    from .checkpoint import load_model
-    from .measure import count_gflops, count_params, cpu_latency_ms
-
-    model, _ = load_model(model_path, "cpu")
-    ch = info.preprocess.in_channels
-    return {"params": count_params(model), "gflops": count_gflops(model, ch, size),
-            "cpu_ms": cpu_latency_ms(model, ch, size, runs=5, warmup=1),
-            "how": f"batch 1, fp32, {_threads()}; measured when this report was written"}
-
-
-def _threads() -> str:
-    n = torch.get_num_threads()
-    return f"{n} thread{'s' if n != 1 else ''}"
+def measure(info: ModelInfo, size: int, record: Path | None = None) -> dict[str, Any]:
+    """Parameters, GFLOPs and latency (measure.model_latency: the run folder's ``record`` where it
+    holds one) of a model at ``size`` x ``size``."""
+    params, gflops = model_gflops(info, (size, size))
+    lat = model_latency(info, (size, size), record)
+    return {"params": params, "gflops": gflops, "cpu_ms": lat.ms, "how": lat.describe()}
 
 
 def model_rows(info: ModelInfo, cost: dict[str, Any], size: int) -> list[tuple[str, str]]:
@@ -602,7 +595,7 @@ def model_rows(info: ModelInfo, cost: dict[str, Any], size: int) -> list[tuple[s
     if cost.get("gflops") is not None:
         rows.append(("GFLOPs", f"{cost['gflops']:.3g} per {size}x{size} image"))
     if cost.get("cpu_ms") is not None:
-        rows.append(("CPU latency", f"{cost['cpu_ms']:.1f} ms per {size}x{size} image ({cost.get('how', '')})"))
+        rows.append(("latency", f"{cost['cpu_ms']:.4g} ms ({cost.get('how', '')})"))
     rows.append(("preprocessing", f"{pre.channels}, max side {pre.max_side or 'native'}"
                                   + (", inverted masks" if pre.invert else "")))
     weights = info.summary.get("pretrained")

@@ -25,6 +25,7 @@ from ..data.preprocess import Preprocess, compute_stats, infer_channels
 from ..data.video import extract_frames, split_videos
 from ..distributed import is_main_process, world_size
 from ..errors import ConfigError, SegdistillError
+from ..inference.choose import working_size
 from ..inference.sources import safe_relative_name
 from ..models.encoders import encoder_info
 from ..runtime import resolve_workers
@@ -237,3 +238,14 @@ def _warn_cache(cfg: Config, transfer: list[Path], pre: Preprocess) -> None:
         log.warning("the %d transfer images take %.0f GiB decoded, kept in memory by each data-loading worker "
                     "(data.cache: true): set data.cache: false to read them from disk as needed (video frames: "
                     "or a larger distill.video_stride)", len(transfer), gib)
+
+
+def latency_size(cfg: Config, tinfo: ModelInfo) -> tuple[tuple[int, int], str]:
+    """(h, w) a distillation's models are timed at (the search's candidates, the report's teacher
+    and student): a transfer image at the model's working resolution, else the training crop, and
+    which of the two."""
+    images = sorted(transfer_images(cfg))
+    hw = working_size(images[0], tinfo) if images else None
+    if hw is not None:
+        return hw, f"the working size of the transfer images, as {images[0].name}"
+    return (cfg.train.input_size, cfg.train.input_size), "train.input_size"

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..checkpoint import ModelInfo, load_model
 from ..config import Config
 from ..fileio import write_json
-from ..measure import count_gflops, count_params, cpu_latency_ms
+from ..measure import LATENCY_JSON, count_params, model_gflops, model_latency
 from ..report import format_table
+from .data import latency_size
 from .run import Recorder
 
 log = logging.getLogger("segdistill")
@@ -25,37 +24,39 @@ def distill_report(cfg: Config, run_dir: Path, teacher: nn.Module, tinfo: ModelI
                    teacher_metrics: dict[str, float], val_key: str, teacher_passes: int, cache_folder: Path,
                    minutes: float, twin: dict[str, Any] | None) -> dict[str, Any]:
     """Teacher, distilled student and (``twin``) the labels-only student side by side: parameters,
-    GFLOPs, CPU latency, validation scores; logged as a table and written to distill_report.json."""
-    best_student, _ = load_model(run_dir / "model.safetensors", "cpu")
-    size, ch = cfg.train.input_size, tinfo.preprocess.in_channels
+    GFLOPs, latency, validation scores; logged as a table and written to distill_report.json. The
+    latencies are the run folder's record (measure.model_latency: a search's figures are reused)."""
+    best_student, sinfo = load_model(run_dir / "model.safetensors", "cpu")
+    (h, w), _ = latency_size(cfg, tinfo)
     best_row = rec.best_row()
-    teacher_cpu = copy.deepcopy(teacher).cpu()
-    t_lat, s_lat = cpu_latency_ms(teacher_cpu, ch, size), cpu_latency_ms(best_student, ch, size)
+    t_lat, s_lat = (model_latency(i, (h, w), run_dir / LATENCY_JSON) for i in (tinfo, sinfo))
     rows = [
-        {"model": f"teacher ({tinfo.arch})", "params": count_params(teacher), "GFLOPs": count_gflops(teacher_cpu, ch, size),
-         "CPU ms": t_lat, "val IoU": teacher_metrics.get("iou"), "val Dice": teacher_metrics.get("dice"), "agreement": 1.0},
+        {"model": f"teacher ({tinfo.arch})", "params": count_params(teacher), "GFLOPs": model_gflops(tinfo, (h, w))[1],
+         "CPU ms": t_lat.ms, "val IoU": teacher_metrics.get("iou"), "val Dice": teacher_metrics.get("dice"), "agreement": 1.0},
         {"model": f"student ({cfg.distill.student.name}, distilled)", "params": count_params(best_student),
-         "GFLOPs": count_gflops(best_student, ch, size), "CPU ms": s_lat,
+         "GFLOPs": model_gflops(sinfo, (h, w))[1], "CPU ms": s_lat.ms,
          "val IoU": best_row["val_iou"] if val_key == "mask" else None,
          "val Dice": best_row["val_dice"] if val_key == "mask" else None, "agreement": best_row["agreement_iou"]},
     ]
     if twin is not None:
         rows.append({"model": f"student ({cfg.distill.student.name}, labels only)", "params": rows[1]["params"],
-                     "GFLOPs": rows[1]["GFLOPs"], "CPU ms": s_lat, "val IoU": twin["val_iou"],
+                     "GFLOPs": rows[1]["GFLOPs"], "CPU ms": s_lat.ms, "val IoU": twin["val_iou"],
                      "val Dice": twin["val_dice"], "agreement": None})
     report = {
-        "teacher": {"file": cfg.distill.teacher, **_json_keys(rows[0])},
-        "student": {"file": str(run_dir / "model.safetensors"), **_json_keys(rows[1])},
+        "teacher": {"file": cfg.distill.teacher, **_json_keys(rows[0]), "latency": t_lat.to_dict()},
+        "student": {"file": str(run_dir / "model.safetensors"), **_json_keys(rows[1]), "latency": s_lat.to_dict()},
         "baseline_labels_only": twin,
         "compression": rows[0]["params"] / rows[1]["params"],
-        "speedup_cpu": t_lat / s_lat,
+        "speedup_cpu": t_lat.ms / s_lat.ms,
         "iou_retained": (rows[1]["val IoU"] / rows[0]["val IoU"]) if rows[1]["val IoU"] and rows[0]["val IoU"] else None,
         "validation": "labels" if val_key == "mask" else "agreement with the teacher on held-out transfer images (no labels given)",
         "epochs": len(rec.history), "best_epoch": rec.best_epoch,
         "epochs_to_90pct_of_final_iou": _epochs_to_fraction(rec.history, "val_iou" if val_key == "mask" else "agreement_iou"),
         "teacher_forward_passes": teacher_passes, "target_cache": str(cache_folder), "targets": cfg.distill.targets,
-        "loss": cfg.distill.loss, "temperature": cfg.distill.temperature, "input_size": size,
-        "latency": f"batch 1, {size}x{size}, fp32, channels_last, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}", "minutes": round(minutes, 2),
+        "loss": cfg.distill.loss, "temperature": cfg.distill.temperature, "input_size": [h, w],
+        "latency": f"batch 1, {h}x{w}, fp32 on the fastest installed backend that agrees with torch, "
+                   f"{s_lat.threads} thread{'s' if s_lat.threads != 1 else ''} ({LATENCY_JSON})",
+        "minutes": round(minutes, 2),
     }
     write_json(run_dir / "distill_report.json", report)
     table_rows = [dict(r, params=f"{r['params'] / 1e6:.3f}M") for r in rows]

@@ -4,8 +4,12 @@ For each model and each way to run it (inference/backends.py ``candidates``): pa
 the size, latency p50/p95 at batch 1, throughput at the best batch size, peak memory, the achieved
 GFLOP/s beside this machine's measured matrix-multiply rate, and (``--data``) the IoU it scores, so
 that a faster precision's accuracy cost is on the same line. The candidates run in interleaved
-rounds (inference/choose.py ``measure``), so noise from other work hits all of them alike, and the
+rounds (measure.py ``time_backends``), so noise from other work hits all of them alike, and the
 one ``--backend auto`` would pick is marked. The first model is the reference for speed-ups.
+
+A run folder's models also get the run's one latency figure (measure.model_latency, kept in
+RUN/latency.json): speed.json's ``latency`` states it beside the per-backend comparison, at the size
+it was recorded at, so distill_report.json, search.json, speed.json and report.html agree.
 """
 
 from __future__ import annotations
@@ -22,8 +26,18 @@ from ..checkpoint import ModelInfo, read_model_info
 from ..errors import SegdistillError
 from ..fileio import write_json
 from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
-from ..inference.choose import cache_key, choose, measure, remember
-from ..measure import cpu_features, matmul_gflops, model_gflops, throughput
+from ..inference.choose import cache_key, remember
+from ..measure import (
+    LATENCY_JSON,
+    choose,
+    cpu_features,
+    matmul_gflops,
+    model_gflops,
+    model_latency,
+    recorded_size,
+    throughput,
+    time_backends,
+)
 from ..report import format_table
 from ..runtime import cpu_description, select_device, set_threads
 from . import model_file
@@ -48,12 +62,51 @@ def _iou(path: Path, data: str, choice: Choice, cache: dict[tuple[str, str], flo
     return cache[key]
 
 
+def _time_model(path: Path, backend: str, size: list[int] | None, batch_sizes: list[int], runs: int,
+                data: str | None, record: Path | None, latency: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One model's rows: every way to run it, timed in interleaved rounds (and its record's latency
+    added to ``latency``)."""
+    info = read_model_info(path)
+    hw = (size[0], size[-1]) if size else _default_size(info)
+    params, gflops = model_gflops(info, hw)
+    onnx_file = is_onnx(path)
+    device = torch.device("cpu") if onnx_file else select_device("auto")  # torch rows on a GPU where there is one
+    choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32", device)
+    if backend not in ("all", "auto"):
+        choices = [c for c in choices if c.backend == backend] or [Choice(backend)]
+    log.info("timing %s at %dx%d: %s", path.name, *hw, ", ".join(c.label() for c in choices))
+    timings = time_backends(path, info, hw, choices, runs=runs, keep=True, device=device)
+    if record is not None and not onnx_file:
+        latency[str(path)] = model_latency(info, hw, record).to_dict()
+    chosen = choose(timings) if timings[0].p50_ms is not None else None
+    if chosen is not None and backend in ("all", "auto") and device.type == "cpu":
+        remember(cache_key(path, hw), timings, chosen)  # what predict/evaluate's auto will use
+    x = timings[0].probe
+    ious: dict[tuple[str, str], float] = {}
+    model_rows = []
+    for t in timings:
+        row: dict[str, Any] = {"model": str(path), "backend": t.choice.backend, "precision": t.choice.precision,
+                               "channels_last": t.choice.channels_last, "size": list(hw), "params": params,
+                               "gflops": round(gflops, 4), "p50_ms": t.p50_ms, "p95_ms": t.p95_ms,
+                               "agreement": t.agreement, "max_diff": t.max_diff, "accurate": t.accurate,
+                               "error": t.error, "chosen": chosen is not None and t is chosen}
+        if t.p50_ms is not None and t.backend is not None:
+            row["gflops_per_s"] = gflops / (t.p50_ms / 1000)
+            row["best_batch"], row["images_per_s"], row["peak_mb"] = throughput(t, x, batch_sizes)
+            if data:
+                row["iou"] = _iou(path, data, t.choice, ious)
+        model_rows.append(row)
+    return model_rows
+
+
 def benchmark_models(models: list[str | Path], backend: str = "all", size: list[int] | None = None,
                      batch_sizes: list[int] | None = None, runs: int = 20, json_out: str | Path | None = None,
-                     data: str | None = None, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     data: str | None = None, extra: dict[str, Any] | None = None,
+                     record: Path | None = None) -> list[dict[str, Any]]:
     """Time every model on every installed backend and precision (``backend``: all, auto, or one
     backend's precisions); returns the rows (also printed, and written to ``json_out`` with
-    ``extra``'s keys beside them)."""
+    ``extra``'s keys beside them). ``record``: a run folder's latency.json, whose figure for each
+    model file (measured now where it has none) goes into ``json_out`` as ``latency``."""
     batch_sizes = batch_sizes or [1, 2, 4, 8]
     features = cpu_features()
     peak_fp32 = matmul_gflops()
@@ -61,36 +114,10 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
     rows: list[dict[str, Any]] = []
     reference_ms: float | None = None
     reference_gflops: float | None = None
+    latency: dict[str, dict[str, Any]] = {}
     for model in models:
-        path = Path(model)
-        info = read_model_info(path)
-        hw = (size[0], size[-1]) if size else _default_size(info)
-        params, gflops = model_gflops(info, hw)
-        onnx_file = is_onnx(path)
-        device = torch.device("cpu") if onnx_file else select_device("auto")  # torch rows on a GPU where there is one
-        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32", device)
-        if backend not in ("all", "auto"):
-            choices = [c for c in choices if c.backend == backend] or [Choice(backend)]
-        log.info("timing %s at %dx%d: %s", path.name, *hw, ", ".join(c.label() for c in choices))
-        timings = measure(path, info, hw, choices, runs=runs, keep=True, device=device)
-        chosen = choose(timings) if timings[0].p50_ms is not None else None
-        if chosen is not None and backend in ("all", "auto") and device.type == "cpu":
-            remember(cache_key(path, hw), timings, chosen)  # what predict/evaluate's auto will use
-        x = timings[0].probe
-        ious: dict[tuple[str, str], float] = {}
-        model_rows = []
-        for t in timings:
-            row: dict[str, Any] = {"model": str(path), "backend": t.choice.backend, "precision": t.choice.precision,
-                                   "channels_last": t.choice.channels_last, "size": list(hw), "params": params,
-                                   "gflops": round(gflops, 4), "p50_ms": t.p50_ms, "p95_ms": t.p95_ms,
-                                   "agreement": t.agreement, "max_diff": t.max_diff, "accurate": t.accurate,
-                                   "error": t.error, "chosen": chosen is not None and t is chosen}
-            if t.p50_ms is not None and t.backend is not None:
-                row["gflops_per_s"] = gflops / (t.p50_ms / 1000)
-                row["best_batch"], row["images_per_s"], row["peak_mb"] = throughput(t, x, batch_sizes)
-                if data:
-                    row["iou"] = _iou(path, data, t.choice, ious)
-            model_rows.append(row)
+        model_rows = _time_model(Path(model), backend, size, batch_sizes, runs, data, record, latency)
+        gflops = model_rows[0]["gflops"]
         best = min((r["p50_ms"] for r in model_rows if r["p50_ms"] is not None and r["accurate"]), default=None)
         if reference_ms is None:
             reference_ms, reference_gflops = best, gflops
@@ -103,7 +130,7 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
     if json_out:
         write_json(json_out, {"machine": {"cpu": cpu_description(), "threads": torch.get_num_threads(), **features,
                                           "matmul_gflops_fp32": peak_fp32, "matmul_gflops_bf16": peak_bf16},
-                              "entries": rows, **(extra or {})})
+                              "entries": rows, **({"latency": latency} if record is not None else {}), **(extra or {})})
     return rows
 
 
@@ -140,8 +167,10 @@ def benchmark_run(run_dir: str | Path, backend: str = "all", size: list[int] | N
     data = data or load_config(run_dir / "config.yaml").data.root
     if data is None:
         log.info("%s has no labelled data: latency only (--data DIR adds each backend's IoU)", run_dir)
+    recorded = recorded_size(run_dir / LATENCY_JSON)
+    size = size or (list(recorded) if recorded else None)  # the run's latency figures are at that size
     rows = benchmark_models(list(models), backend, size, batch_sizes, runs, run_dir / SPEED_JSON,
-                            str(data) if data else None, extra={"labels": models})
+                            str(data) if data else None, extra={"labels": models}, record=run_dir / LATENCY_JSON)
     if json_out:
         shutil.copyfile(run_dir / SPEED_JSON, json_out)
     log.info("report with the speed section: %s", write_run_report(run_dir))

@@ -31,7 +31,6 @@ import logging
 import math
 import shutil
 import statistics
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,17 @@ from typing import Any
 import torch
 
 from ... import html_report
-from ...checkpoint import ModelInfo, read_model_info, save_model
+from ...checkpoint import ModelInfo, read_model_info
 from ...config import Config, ModelConfig
 from ...distributed import is_distributed
 from ...errors import ConfigError
 from ...inference.backends import Choice
-from ...inference.backends import candidates as backend_choices
-from ...measure import count_params
+from ...measure import LATENCY_JSON, count_params, latency_choices, model_gflops, model_latency
 from ...models import create_model, resolved_args
 from ...models.registry import model_signature
 from .. import clock
 from ..clock import format_duration
-from ..data import transfer_images
+from ..data import latency_size
 from ..distill import DistillResult, TeacherFigures, distill_student
 from ..run import complete_message, open_run, start_run
 from ..search_report import format_params, log_outcome, write_search_report
@@ -139,7 +137,7 @@ def _reference_args(cfg: Config) -> dict[str, Any]:
 def _grid(cfg: Config, book: Book) -> None:
     """The grid: parameters, GFLOPs and a quick torch latency of every candidate and the teacher."""
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
-    size, size_from = _latency_size(cfg, tinfo)
+    size, size_from = latency_size(cfg, tinfo)
     ch = tinfo.preprocess.in_channels
     reference = _reference_args(cfg)
     teacher_params = count_params(create_model(tinfo.arch, **tinfo.args))
@@ -169,41 +167,22 @@ def _grid(cfg: Config, book: Book) -> None:
     book.save()
 
 
-def _latency_size(cfg: Config, tinfo: ModelInfo) -> tuple[tuple[int, int], str]:
-    """(h, w) the latency is measured at: a transfer image at the model's working resolution, else
-    the training crop, and which of the two."""
-    from ...inference.choose import working_size
-
-    images = sorted(transfer_images(cfg))
-    hw = working_size(images[0], tinfo) if images else None
-    if hw is not None:
-        return hw, f"the working size of the transfer images, as {images[0].name}"
-    return (cfg.train.input_size, cfg.train.input_size), "train.input_size"
-
-
 def _latency_choices() -> list[Choice]:
-    """The ways to run a candidate whose latency counts: every installed backend in fp32 (a lower
-    precision would change the accuracy the search measured)."""
-    return [c for c in backend_choices(False) if c.precision == "fp32"]
+    """The ways to run a candidate whose latency counts (measure.latency_choices; replaceable in tests)."""
+    return latency_choices()
 
 
 def _latencies(models: list[tuple[str, str, dict[str, Any]]], tinfo: ModelInfo, size: tuple[int, int],
-               choices: list[Choice], runs: int = 5) -> dict[str, dict[str, Any]]:
-    """{name: latency_ms, backend, gflops} of each (name, arch, args) at ``size``: the fastest of
-    ``choices`` that agrees with torch (inference/choose.py). Measured on the architecture with fresh
-    weights (latency does not depend on them), so the teacher never runs here."""
-    from ...inference.choose import choose, measure
-    from ...measure import model_gflops
-
+               choices: list[Choice], runs: int = 5, record: Path | None = None) -> dict[str, dict[str, Any]]:
+    """{name: latency_ms, backend, how, gflops} of each (name, arch, args) at ``size``
+    (measure.model_latency: on the architecture, so the teacher never runs here; ``record``: the run
+    folder's latency.json, where the distillation report and report.html find the same figures)."""
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, arch, args in models:
-            torch.manual_seed(0)
-            info = ModelInfo(arch, resolved_args(arch, **args), tinfo.preprocess, tinfo.threshold, {})
-            path = save_model(Path(tmp) / "model.safetensors", create_model(arch, **args), info)
-            best = choose(measure(path, info, size, choices, runs=runs, warmup=1))
-            out[name] = {"latency_ms": round(float(best.p50_ms), 4), "backend": best.choice.label(),  # type: ignore[arg-type]
-                         "gflops": round(model_gflops(info, size)[1], 4)}
+    for name, arch, args in models:
+        info = ModelInfo(arch, resolved_args(arch, **args), tinfo.preprocess, tinfo.threshold, {})
+        lat = model_latency(info, size, record, choices, runs)
+        out[name] = {"latency_ms": lat.ms, "backend": f"{lat.backend} {lat.precision}", "how": lat.describe(),
+                     "gflops": round(model_gflops(info, size)[1], 4)}
     return out
 
 
@@ -245,7 +224,8 @@ def _plan(cfg: Config, book: Book, objective: Objective) -> None:
     ch, size = tinfo.preprocess.in_channels, tuple(d["size"])
     log.info("timing the %d candidates and the teacher on %s ...", len(chosen), ", ".join(c.label() for c in _latency_choices()))
     d["latency"] = _latencies([(c, "unet", {"in_channels": ch, **grid[c]["args"]}) for c in chosen]
-                              + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, _latency_choices())  # type: ignore[arg-type]
+                              + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, _latency_choices(),  # type: ignore[arg-type]
+                              record=book.path.parent / LATENCY_JSON)
     d["teacher"].update(latency_ms=d["latency"]["teacher"]["latency_ms"], backend=d["latency"]["teacher"]["backend"])
     d["candidates"] = chosen
     d["rungs"] = [{"candidates": r.candidates, "epochs": r.epochs} for r in halving_schedule(len(chosen), full)]
