@@ -156,7 +156,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 def cmd_config_init(args: argparse.Namespace) -> int:
     from ..jobs.config_init import config_init
 
-    config_init(args.path, args.force)
+    config_init(args.path, args.force, args.recipe)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Config
+from ..recipes import list_recipes
 from .commands import (
     cmd_benchmark,
     cmd_config_init,
@@ -41,7 +42,7 @@ class Subcommands:
 
 
 def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
-    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--config", "-c", help=f"YAML config file, or a shipped recipe's name ({', '.join(list_recipes())})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--name", help="run name (folder under output_dir)")
@@ -262,8 +263,9 @@ def _data_parser(sub: Subcommands) -> None:
 
 def _config_parser(sub: Subcommands) -> None:
     cfg = Subcommands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True))
-    p = cfg.add_parser("init", help="write a commented default config")
+    p = cfg.add_parser("init", help="write a commented default config, or a shipped recipe")
     p.add_argument("path", nargs="?", help="file to write (default: print)")
+    p.add_argument("--recipe", metavar="NAME", help=f"a shipped recipe instead of the defaults ({', '.join(list_recipes())})")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(fn=cmd_config_init)
 

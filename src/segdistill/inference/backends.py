@@ -30,6 +30,7 @@ from torch import nn
 
 from ..checkpoint import ModelInfo, load_model
 from ..errors import ModelFileError, SegdistillError
+from ..extras import available, require
 from ..models.blocks import pad_to_multiple
 from ..runtime import cpu_has_native_bf16
 from .graph import onnx_bytes, pad_multiple
@@ -175,19 +176,11 @@ class OpenVinoBackend(Backend):
 
 
 def import_openvino():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise SegdistillError("OpenVINO is not installed: pip install 'segdistill[openvino]' (or pip install openvino)") from None
-    return ov
+    return require("openvino")
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return available("openvino")
 
 
 def onnx_precision(path: str | Path) -> str:
