@@ -13,7 +13,6 @@ with a clear message rather than unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from .data.preprocess import Preprocess
 from .errors import ModelFileError
 from .fileio import atomic_path
 from .models import create_model
+from .remote import local_model
+from .remote import sha256_file as file_sha256  # noqa: F401 (callers import it from here)
 
 FORMAT_VERSION = 1
 _META_KEY = "segdistill"
@@ -142,9 +143,9 @@ def store_threshold(path: str | Path, threshold: float) -> float:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """The metadata of a model file (``.safetensors``, or an exported ``.onnx``), without building
-    the model."""
-    path = Path(path)
+    """The metadata of a model file (``.safetensors``, or an exported ``.onnx``; a path or an
+    ``https://`` URL, see :func:`.remote.local_model`), without building the model."""
+    path = local_model(path)
     if path.suffix.lower() == ".onnx":
         return _parse_info(path, _onnx_metadata(path))
     _sniff(path)
@@ -199,8 +200,10 @@ def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the architecture named in the file and load its weights (eval mode)."""
-    path = Path(path)
+    """Rebuild the architecture named in the file and load its weights (eval mode). ``path``: a
+    model file, or an ``https://.../model.safetensors#sha256=HEX`` URL (downloaded once into the
+    cache and verified: :func:`.remote.local_model`)."""
+    path = local_model(path)
     tensors, meta = _read(path)
     info = _parse_info(path, meta)
     model = create_model(info.arch, **info.args)
@@ -263,11 +266,3 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return _unflatten(json.loads(meta["segdistill_state"]), tensors)
     except (ValueError, KeyError, TypeError):
         raise ModelFileError(f"{path}: corrupt training state (unreadable metadata)") from None
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

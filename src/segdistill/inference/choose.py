@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
 from ..fileio import cache_root, write_json
+from ..remote import local_model
 from ..runtime import cpu_description, select_device, use_channels_last
 from .backends import (
     BACKENDS,
@@ -276,7 +277,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str | torch.de
         raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    path = Path(path)
+    path = local_model(path)  # a URL: its verified download in the cache
     info = read_model_info(path)
     onnx_file = is_onnx(path)
     dev = torch.device("cpu") if onnx_file else select_device(device)

@@ -115,7 +115,7 @@ def run_models(run_dir: Path) -> dict[str, str]:
     distilled = (run_dir / "distill_report.json").is_file()
     models = {}
     if distilled:
-        models[str(load_config(run_dir / "config.yaml").distill.teacher)] = "teacher"
+        models[model_file(str(load_config(run_dir / "config.yaml").distill.teacher))] = "teacher"
     models[str(run_dir / "model.safetensors")] = "student" if distilled else run_dir.name
     if (run_dir / "baseline" / "model.safetensors").is_file():
         models[str(run_dir / "baseline" / "model.safetensors")] = "student, labels only"
