@@ -25,7 +25,7 @@ def test_recipes_ship_in_the_package_and_load_by_name() -> None:
     by_name, by_path = load_config("membrane"), load_config(RECIPES_DIR / "membrane.yaml")
     assert by_name == by_path and by_name.name == "membrane" and by_name.model.args["base"] == 16
     assert load_config("membrane.yaml", ["train.epochs=3"]).train.epochs == 3
-    with pytest.raises(ConfigError, match="or a recipe: membrane, membrane_distill"):
+    with pytest.raises(ConfigError, match=r"membrain: config file not found \(nor a recipe: membrane, membrane_distill\)"):
         load_config("membrain")
 
 

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -32,6 +33,9 @@ from .remote import sha256_file as file_sha256  # noqa: F401 (callers import it 
 
 FORMAT_VERSION = 1
 _META_KEY = "segdistill"
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+"""Exported models (ONNX, OpenVINO IR): they carry the model file's metadata; predict, evaluate and
+benchmark run them, nothing rewrites them."""
 
 
 @dataclass
@@ -129,7 +133,7 @@ def store_threshold(path: str | Path, threshold: float) -> float:
     """Rewrite the model file's threshold (atomically; weights and every other entry as they were);
     returns the old threshold."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
         raise ModelFileError(f"{path}: an exported model is not rewritten; store the threshold in the .safetensors "
                              "model it was exported from, then export again")
     if not 0 < threshold < 1:
@@ -143,11 +147,11 @@ def store_threshold(path: str | Path, threshold: float) -> float:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """The metadata of a model file (``.safetensors``, or an exported ``.onnx``; a path or an
-    ``https://`` URL, see :func:`.remote.local_model`), without building the model."""
+    """The metadata of a model file (``.safetensors``, an exported ``.onnx`` or OpenVINO ``.xml``; a
+    path or an ``https://`` URL, see :func:`.remote.local_model`), without building the model."""
     path = local_model(path)
-    if path.suffix.lower() == ".onnx":
-        return _parse_info(path, _onnx_metadata(path))
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        return _parse_info(path, exported_metadata(path))
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -157,10 +161,17 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return _parse_info(path, meta)
 
 
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    """The metadata properties of an ONNX file (``segdistill export`` stores the model file's there)."""
+def exported_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an exported model (``segdistill export`` stores the model file's there): an
+    ONNX file's metadata properties, an OpenVINO IR's ``rt_info`` (read as XML: no runtime needed)."""
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    if path.suffix.lower() == ".xml":
+        try:
+            rt_info = ElementTree.parse(path).getroot().find("rt_info")
+        except (ElementTree.ParseError, OSError) as e:
+            raise ModelFileError(f"{path}: not a readable OpenVINO IR .xml ({e})") from None
+        return {} if rt_info is None else {child.tag: child.get("value", "") for child in rt_info}
     try:
         import onnx
 
@@ -172,7 +183,7 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 
 def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
     if _META_KEY not in meta:
-        kind = "ONNX" if path.suffix.lower() == ".onnx" else "safetensors"
+        kind = {".onnx": "ONNX", ".xml": "OpenVINO IR"}.get(path.suffix.lower(), "safetensors")
         raise ModelFileError(f"{path}: {kind} file without segdistill metadata (not a segdistill model)")
     try:
         d = json.loads(meta[_META_KEY])

@@ -495,7 +495,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         path = config_file(path)  # a file, or a shipped recipe's name (-c membrane)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found (or a recipe: {', '.join(list_recipes())})")
+            recipes = f" (nor a recipe: {', '.join(list_recipes())})" if path.parent == Path(".") else ""
+            raise ConfigError(f"{path}: config file not found{recipes}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
