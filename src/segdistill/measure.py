@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .checkpoint import ModelInfo, load_model, save_model
 from .errors import SegdistillError
 from .fileio import write_json
-from .inference.backends import Backend, Choice, build_backend, candidates, is_onnx, onnx_precision
+from .inference.backends import Backend, Choice, build_backend, candidates, is_ir, is_onnx, onnx_precision
 from .inference.graph import check_inputs, onnx_bytes
 from .models.registry import create_model, resolved_args
 from .runtime import cpu_flags, cpu_has_native_bf16
@@ -205,7 +205,7 @@ def time_backends(path: Path, info: ModelInfo, size: tuple[int, int], choices: l
     onnx_file = is_onnx(path)
     graph_precision = onnx_precision(path) if onnx_file else "fp32"
     device = device or torch.device("cpu")
-    choices = choices or candidates(onnx_file, graph_precision, device)
+    choices = choices or candidates(onnx_file, graph_precision, device, ir=is_ir(path))
     model = None if onnx_file else load_model(path, device)[0]
     blob = None
     if not onnx_file and any(c.backend != "torch" for c in choices):

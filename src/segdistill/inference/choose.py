@@ -23,6 +23,7 @@ from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
 from ..fileio import cache_root, write_json
 from ..measure import Timing, choose, time_backends
+from ..remote import local_model
 from ..runtime import cpu_description, select_device, use_channels_last
 from .backends import (
     BACKENDS,
@@ -31,6 +32,7 @@ from .backends import (
     Choice,
     TorchBackend,
     build_backend,
+    is_ir,
     is_onnx,
     pad_multiple,
 )
@@ -146,7 +148,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str | torch.de
         raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    path = Path(path)
+    path = local_model(path)  # a URL: its verified download in the cache
     info = read_model_info(path)
     onnx_file = is_onnx(path)
     dev = torch.device("cpu") if onnx_file else select_device(device)
@@ -155,7 +157,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str | torch.de
         if choice is not None:
             return build_backend(choice, path, info, device=dev), info
     if backend == "auto":
-        backend = "onnxruntime" if onnx_file else "torch"
+        backend = "openvino" if is_ir(path) else "onnxruntime" if onnx_file else "torch"
     prec = "fp32" if precision == "auto" else precision
     if backend == "torch":
         if onnx_file:
