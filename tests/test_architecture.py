@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segdistill"
 # The first prefix that matches a module's name decides its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("version", "errors", "extras", "remote", "recipes", "config", "metrics", "failpoints", "fileio", "distributed", "runtime",
-              "losses", "typed")),
+              "losses", "typed", "catalogue")),
     ("data, models", ("data", "models", "checkpoint")),
     ("engine, inference", ("engine", "inference", "deploy", "measure", "report", "html_report")),
     ("jobs", ("jobs",)),
@@ -190,3 +190,9 @@ def _loaded_after(code: str) -> set[str]:
 @pytest.mark.parametrize("code", ["import segdistill", "import segdistill.cli"])
 def test_importing_the_package_loads_no_optional_runtime(code: str) -> None:
     assert _loaded_after(code) & {"av", "h5py", "onnx", "onnxruntime", "openvino", "torch"} == set()
+
+
+def test_listing_the_models_loads_no_torch() -> None:
+    code = ("import contextlib, io\nfrom segdistill.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['models']) == 0")
+    assert "torch" not in _loaded_after(code)

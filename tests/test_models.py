@@ -178,3 +178,16 @@ def test_cpu_shaped_save_load_round_trip(shape, tmp_path):
     m2, info = load_model(save_model(tmp_path / "m.safetensors", m, ModelInfo("unet", args, Preprocess())))
     x = torch.randn(1, 1, 30, 30)
     assert torch.equal(m(x), m2(x)) and info.args == args
+
+
+def test_the_catalogue_is_the_registry():
+    """``segdistill models`` reads segdistill/catalogue.py (no torch): it must say what the registry builds."""
+    from segdistill.catalogue import CATALOGUE
+    from segdistill.models import model_description
+
+    built = []
+    for name in list_models():
+        args = resolved_args(name)
+        built.append((name, args.get("base"), args.get("depth"),
+                      sum(p.numel() for p in create_model(name).parameters()), model_description(name)))
+    assert [(m.name, m.base, m.depth, m.params, m.about) for m in CATALOGUE] == built

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import SegdistillError
@@ -63,9 +64,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
-    from ..distributed import is_main_process
-
-    level = logging.WARNING if args.quiet or not is_main_process() else logging.INFO
+    # Only torchrun's rank 0 prints progress: the RANK variable, read here as distributed.rank reads
+    # it (importing that module loads torch, which `segdistill models` and --help do without).
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    level = logging.WARNING if args.quiet or not main_process else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     try:
         return int(args.fn(args) or 0)

@@ -1,18 +1,14 @@
-"""``segdistill models``: the registered models, their width, depth and size."""
+"""``segdistill models``: the registered models, their width, depth and size (from the catalogue,
+so that the answer comes without importing torch)."""
 
 from __future__ import annotations
 
-from ..models import create_model, list_models, model_description, resolved_args
+from ..catalogue import CATALOGUE
 from ..report import format_table
 
 
 def models() -> None:
     """Print a table of the registered models (parameters counted on a 1-channel input)."""
-    rows = []
-    for name in list_models():
-        m = create_model(name)
-        args = resolved_args(name)
-        rows.append({"model": name, "width (base)": args.get("base", ""), "depth": args.get("depth", ""),
-                     "params (1 channel)": f"{sum(p.numel() for p in m.parameters()) / 1e6:.3f}M",
-                     "about": model_description(name)})
+    rows = [{"model": m.name, "width (base)": "" if m.base is None else m.base, "depth": "" if m.depth is None else m.depth,
+             "params (1 channel)": f"{m.params / 1e6:.3f}M", "about": m.about} for m in CATALOGUE]
     print(format_table(rows))
