@@ -36,8 +36,11 @@ def _build_wheel(tmp: Path) -> Path:
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    done = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w",
-                 str(tmp / "dist")], cwd=src)
+    # This venv's setuptools where it is new enough for pyproject.toml (license as SPDX: 77), which
+    # spares a download of the build requirements; else pip's isolated build fetches them.
+    own = int(importlib.metadata.version("setuptools").split(".")[0]) >= 77
+    done = _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", *(["--no-build-isolation"] if own else []),
+                 "-q", "-w", str(tmp / "dist")], cwd=src)
     assert done.returncode == 0, done.stderr[-2000:]
     return next((tmp / "dist").glob("segdistill-*.whl"))
 
