@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ModelFileError
 from ..fileio import cache_root
+from ..remote import fetch, sha256_file
 from .encoders import _DSConv, encoder_info
 
 log = logging.getLogger("segdistill")
@@ -197,8 +198,6 @@ def _declared_sha256(url: str) -> str | None:
 
 def _from_hub(name: str) -> Path:
     """The hub's weights for ``name`` in the cache, downloading them if needed (verified)."""
-    from ..data.download import fetch, sha256_file
-
     dest = weights_cache() / f"{name}.safetensors"
     sha_file = dest.with_suffix(".sha256")
     if dest.is_file() and sha_file.is_file():
@@ -255,8 +254,6 @@ def find_weights(name: str, pretrained: str) -> Weights | None:
 
 
 def _weights(path: Path, licence: str) -> Weights:
-    from ..data.download import sha256_file
-
     return Weights(read_weights(path), str(path), licence, sha256_file(path))
 
 
