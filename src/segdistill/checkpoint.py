@@ -31,6 +31,8 @@ from .models import create_model
 
 FORMAT_VERSION = 1
 _META_KEY = "segdistill"
+ONNX_PRECISION_KEY = "segdistill.precision"
+"""The ONNX metadata entry that marks an int8 export."""
 
 
 @dataclass
@@ -156,23 +158,90 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return _parse_info(path, meta)
 
 
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    """The metadata properties of an ONNX file (``segdistill export`` stores the model file's there)."""
+MAX_ONNX_TENSOR_BYTES = 1 << 31
+"""The largest weight tensor an ONNX file may declare (2 GiB, protobuf's own limit for a whole
+file): a larger declared shape is a decompression bomb, not a segmentation model."""
+
+
+def read_onnx(path: str | Path) -> Any:
+    """An ONNX file as its ``ModelProto``, checked before anything allocates or follows it:
+    every weight keeps its data inside the file (external data is refused, so no path in the file
+    is ever opened), and every declared shape is non-negative, at most MAX_ONNX_TENSOR_BYTES, and
+    matches the bytes the file holds for it.
+
+    Raises:
+        ModelFileError: missing, empty, not ONNX, external data, or a tensor that does not fit.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: empty file (0 bytes)")
     try:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
         raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    return {p.key: p.value for p in proto.metadata_props}
+    for tensor in _onnx_tensors(proto.graph):
+        _check_onnx_tensor(path, tensor)
+    return proto
+
+
+def _onnx_tensors(graph: Any) -> Any:
+    """The weight tensors of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _onnx_tensors(sub)
+
+
+def _check_onnx_tensor(path: Path, t: Any) -> None:
+    import onnx
+
+    name = t.name or "(unnamed)"
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+        where = next((e.value for e in t.external_data if e.key == "location"), "?")
+        raise ModelFileError(f"{path}: tensor {name!r} keeps its data in another file ({where!r}); segdistill reads "
+                             "only self-contained ONNX files (as segdistill export writes them)")
+    if any(d < 0 for d in t.dims):
+        raise ModelFileError(f"{path}: tensor {name!r} declares a negative size {list(t.dims)}")
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError(f"{path}: tensor {name!r} has an unknown data type ({t.data_type})") from None
+    count = 1
+    for d in t.dims:
+        count *= d
+    if count * itemsize > MAX_ONNX_TENSOR_BYTES:
+        raise ModelFileError(f"{path}: tensor {name!r} declares {count * itemsize} bytes (shape {list(t.dims)}); "
+                             f"refusing more than {MAX_ONNX_TENSOR_BYTES}")
+    if t.HasField("raw_data") and len(t.raw_data) != count * itemsize:
+        raise ModelFileError(f"{path}: tensor {name!r} declares shape {list(t.dims)} but holds {len(t.raw_data)} "
+                             f"bytes, not {count * itemsize} (corrupt or truncated)")
+
+
+def onnx_precision_of(proto: Any) -> str:
+    """"int8" for a quantized export, else "fp32" (from the ONNX file's metadata)."""
+    return next((p.value for p in proto.metadata_props if p.key == ONNX_PRECISION_KEY), "fp32")
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata properties of an ONNX file (``segdistill export`` stores the model file's there)."""
+    return {p.key: p.value for p in read_onnx(path).metadata_props}
 
 
 def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
     if _META_KEY not in meta:
-        kind = "ONNX" if path.suffix.lower() == ".onnx" else "safetensors"
-        raise ModelFileError(f"{path}: {kind} file without segdistill metadata (not a segdistill model)")
+        if path.suffix.lower() == ".onnx":
+            raise ModelFileError(f"{path}: ONNX file without segdistill metadata (not made by 'segdistill export'; "
+                                 "its input size, channels, normalisation and threshold are unknown, so it is refused "
+                                 "rather than guessed)")
+        raise ModelFileError(f"{path}: safetensors file without segdistill metadata (not a segdistill model)")
     try:
         d = json.loads(meta[_META_KEY])
         version = int(d.get("format_version", 0))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import SegdistillError
 from .failpoints import failpoint
 
 
@@ -82,6 +83,28 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], kind: type = dict) -> Any:
+    """A JSON file segdistill wrote earlier (a run's plan, history, search record, a cache), or None
+    when it does not exist. Anything else, a file cut short, edited by hand or of another kind, is
+    one SegdistillError naming the file, never a JSONDecodeError (or a KeyError later).
+
+    Args:
+        kind: the type the top level must have (dict or list).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = str(e).splitlines()[0][:120] if not isinstance(e, RecursionError) else "nested too deeply"
+        raise SegdistillError(f"{path}: not a valid JSON file ({reason}); delete it or restore it") from None
+    if not isinstance(data, kind):
+        raise SegdistillError(f"{path}: expected a JSON {'object' if kind is dict else 'array'} at the top level, "
+                              f"found {type(data).__name__}; delete it or restore it")
+    return data
 
 
 def _fsync_file(path: Path) -> None:

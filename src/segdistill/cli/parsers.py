@@ -7,7 +7,6 @@ import argparse
 
 from ..config import Config
 from . import flags
-from .flags import COUNT, MINUTES, POSITIVE, PROBABILITY, SIDE
 from .commands import (
     cmd_benchmark,
     cmd_config_init,
@@ -25,7 +24,7 @@ from .commands import (
     cmd_report,
     cmd_train,
 )
-
+from .flags import COUNT, MINUTES, POSITIVE, PROBABILITY, SIDE
 
 SEED = flags.integer(0, 2**32 - 1)
 UNIT = flags.number(0, 1, low_open=False, what="a fraction")

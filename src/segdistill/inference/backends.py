@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, load_model
+from ..checkpoint import ModelInfo, load_model, onnx_precision_of, read_onnx
 from ..errors import ModelFileError, SegdistillError
 from ..models.blocks import pad_to_multiple
 from ..runtime import cpu_has_native_bf16
@@ -36,7 +36,6 @@ from .graph import onnx_bytes, pad_multiple
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
-ONNX_PRECISION_KEY = "segdistill.precision"
 """ONNX metadata key naming an exported graph's precision ("int8" for a quantized export)."""
 
 
@@ -191,11 +190,9 @@ def openvino_available() -> bool:
 
 
 def onnx_precision(path: str | Path) -> str:
-    """"int8" for a quantized export, else "fp32" (from the file's metadata)."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return next((p.value for p in proto.metadata_props if p.key == ONNX_PRECISION_KEY), "fp32")
+    """"int8" for a quantized export, else "fp32" (from the file's metadata; the file checked by
+    checkpoint.read_onnx: no external data, no declared size that does not fit)."""
+    return onnx_precision_of(read_onnx(path))
 
 
 def is_onnx(path: str | Path) -> bool:
