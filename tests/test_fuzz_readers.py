@@ -11,14 +11,10 @@ harder with random seeds. Images and masks are fuzzed in tests/test_fuzz.py.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Callable
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segdistill.errors import SegdistillError
+
+from .badfiles import tiny_archive, tiny_h5, tiny_onnx, tiny_safetensors, tiny_video
 
 _EXAMPLES = os.environ.get("SEGDISTILL_FUZZ_EXAMPLES")
 READER_EXAMPLES = max(200, int(_EXAMPLES or 0))
@@ -70,21 +68,7 @@ def every_cut(read: Callable[[Path], Any], valid: bytes, name: str, step: int = 
 # .safetensors model files
 
 
-def _safetensors_model() -> bytes:
-    import torch
-
-    from segdistill.checkpoint import ModelInfo, save_model
-    from segdistill.data.preprocess import Preprocess
-    from segdistill.models import create_model
-
-    torch.manual_seed(0)
-    model = create_model("unet", base=2, depth=1)
-    with tempfile.TemporaryDirectory() as d:
-        path = save_model(Path(d) / "m.safetensors", model, ModelInfo("unet", {"base": 2, "depth": 1}, Preprocess()))
-        return path.read_bytes()
-
-
-SAFETENSORS = _safetensors_model()
+SAFETENSORS = tiny_safetensors()
 
 
 def _load_safetensors(path: Path) -> Any:
@@ -113,37 +97,6 @@ def test_safetensors_fuzz(content: bytes) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # .onnx (fp32 and int8 exports: the same reader)
-
-
-def tiny_onnx(meta: dict[str, str] | None = None, **tensor: Any) -> bytes:
-    """A one-convolution graph with segdistill metadata (``tensor``: fields of its weight to change)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from segdistill.checkpoint import ModelInfo
-    from segdistill.data.preprocess import Preprocess
-
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 3, 3], np.ones(9, np.float32).tobytes(), raw=True)
-    for key, value in tensor.items():
-        if key == "dims":
-            del weight.dims[:]
-            weight.dims.extend(value)
-        elif key == "location":
-            weight.data_location = TensorProto.EXTERNAL
-            entry = weight.external_data.add()
-            entry.key, entry.value = "location", value
-            weight.ClearField("raw_data")
-        else:
-            setattr(weight, key, value)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, "h", "w"])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    info = ModelInfo("unet", {"base": 2, "depth": 1}, Preprocess())
-    for key, value in ({"segdistill": info.to_json()} if meta is None else meta).items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return onnx._serialize(model) if hasattr(onnx, "_serialize") else model.SerializeToString()
 
 
 ONNX = tiny_onnx()
@@ -180,22 +133,6 @@ def test_onnx_fuzz(content: bytes) -> None:
 # Keras .h5
 
 
-def tiny_h5() -> bytes:
-    """A Keras 2 weights file (save_weights layout): one conv layer's kernel and bias."""
-    import h5py
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "k.h5"
-        with h5py.File(path, "w") as f:
-            f.attrs["layer_names"] = [b"conv2d"]
-            f.attrs["keras_version"] = b"2.4.0"
-            g = f.create_group("conv2d")
-            g.attrs["weight_names"] = [b"conv2d/kernel:0", b"conv2d/bias:0"]
-            g.create_dataset("conv2d/kernel:0", data=np.ones((3, 3, 1, 2), np.float32))
-            g.create_dataset("conv2d/bias:0", data=np.zeros(2, np.float32))
-        return path.read_bytes()
-
-
 H5 = tiny_h5()
 
 
@@ -219,17 +156,6 @@ def test_h5_fuzz(content: bytes) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Videos (PyAV)
-
-
-def tiny_video() -> bytes:
-    from segdistill.data.video import MASK_CODEC, video_writer
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "v.mkv"
-        with video_writer(path, MASK_CODEC, 16, 12, Fraction(25)) as write:
-            for i in range(3):
-                write(np.full((12, 16), 40 * i, np.uint8))
-        return path.read_bytes()
 
 
 VIDEO = tiny_video()
@@ -256,22 +182,6 @@ def test_video_fuzz(content: bytes) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # Downloaded archives (zip, tar.gz)
-
-
-def tiny_archive(kind: str) -> bytes:
-    files = {"images/a.png": b"\x89PNG" + bytes(40), "masks/a.png": bytes(30), "README": b"tiny\n"}
-    buf = io.BytesIO()
-    if kind == "zip":
-        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            for name, data in files.items():
-                z.writestr(name, data)
-    else:
-        with tarfile.open(fileobj=buf, mode="w:gz") as t:
-            for name, data in files.items():
-                member = tarfile.TarInfo(name)
-                member.size = len(data)
-                t.addfile(member, io.BytesIO(data))
-    return buf.getvalue()
 
 
 ARCHIVES = {"zip": tiny_archive("zip"), "tar.gz": tiny_archive("tar.gz")}

@@ -107,6 +107,22 @@ def read_json(path: str | os.PathLike[str], kind: type = dict) -> Any:
     return data
 
 
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]] | None:
+    """The rows of a CSV file segdistill wrote earlier (history.csv, per_image.csv), or None when it
+    does not exist; a file that is not UTF-8 text or not CSV is one SegdistillError naming it."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SegdistillError(f"{path}: not a readable CSV file ({str(e).splitlines()[0][:120]}); "
+                              "delete it or restore it") from None
+
+
 def _fsync_file(path: Path) -> None:
     try:
         with open(path, "rb") as f:

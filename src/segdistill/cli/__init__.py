@@ -58,8 +58,8 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1) if unknown else []
         hint = f" (did you mean {close[0]}?)" if close else ""
         own.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
-    check = getattr(args, "check", None)
-    problem = check(args) if check else None
+    combination = getattr(args, "combination", None)  # flags.check_*: flags that make no sense together
+    problem = combination(args) if combination else None
     if problem:
         getattr(args, "parser", parser).error(problem)
     return args

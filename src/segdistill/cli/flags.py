@@ -186,7 +186,7 @@ def output_folder(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Combinations: checked right after parsing (``set_defaults(check=...)``), each a reason or None.
+# Combinations: checked right after parsing (``set_defaults(combination=...)``), each a reason or None.
 
 
 def check_export(args: argparse.Namespace) -> str | None:

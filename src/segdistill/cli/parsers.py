@@ -110,7 +110,7 @@ def _evaluate_parser(sub: Subcommands) -> None:
                    help="store the threshold with the best IoU on these images in the model file (old -> new)")
     _add_backend_arg(p)
     _add_threads_arg(p)
-    p.set_defaults(fn=cmd_evaluate, check=flags.check_backend_device)
+    p.set_defaults(fn=cmd_evaluate, combination=flags.check_backend_device)
 
 
 def _report_parser(sub: Subcommands) -> None:
@@ -144,7 +144,7 @@ def _predict_parser(sub: Subcommands) -> None:
     p.add_argument("--device", type=flags.device, help="auto, cpu, cuda, cuda:N (default auto)")
     _add_backend_arg(p)
     _add_threads_arg(p)
-    p.set_defaults(fn=cmd_predict, check=flags.check_backend_device)
+    p.set_defaults(fn=cmd_predict, combination=flags.check_backend_device)
 
 
 def _export_parser(sub: Subcommands) -> None:
@@ -159,7 +159,7 @@ def _export_parser(sub: Subcommands) -> None:
     p.add_argument("--calibrate", metavar="DIR", help="images for the int8 activation ranges (real images of the task)")
     p.add_argument("--calibration-images", type=COUNT, default=32, metavar="N", help="at most N of them (default 32)")
     _add_threads_arg(p)
-    p.set_defaults(fn=cmd_export, check=flags.check_export)
+    p.set_defaults(fn=cmd_export, combination=flags.check_export)
 
 
 def _benchmark_parser(sub: Subcommands) -> None:
@@ -179,7 +179,7 @@ def _benchmark_parser(sub: Subcommands) -> None:
                                   "folder: its labelled data)")
     p.add_argument("--json", type=flags.output_file, metavar="FILE", help="also write the results as JSON")
     _add_threads_arg(p)
-    p.set_defaults(fn=cmd_benchmark, check=flags.check_benchmark)
+    p.set_defaults(fn=cmd_benchmark, combination=flags.check_benchmark)
 
 
 def _import_keras_parser(sub: Subcommands) -> None:

@@ -149,7 +149,8 @@ def _write_predictions(
         bar.update(1)
         if prob is None:
             failed.append(item.error or str(item.path))
-            log.error("skipped %s", item.error)
+            if len(failed) > 1:  # the first is the summary's own line (one line when one file fails)
+                log.error("skipped %s", item.error)
             continue
         name = names[item.path]
         mask = prob > predictor.threshold
@@ -213,6 +214,8 @@ def run_predict(model: str, sources: list[str], config: str | None = None, overr
         )
     if is_main_process():
         _print_summary(summary)
+        if not summary.written and not summary.videos and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing could be read: leave no empty folder behind
     return 1 if summary.failed else 0
 
 
