@@ -153,3 +153,26 @@ def test_good_values_pass_the_parser() -> None:
         ("latency = 2.5 ms", 90.0, 0.0, "auto", 0, 16)
     args = _parse(build_parser(), ["evaluate", "m", "--data", "d", "--max-side", "0", "--threshold", "0.3"])
     assert (args.max_side, args.threshold) == (0, 0.3)
+
+
+@pytest.mark.skipif(READ_ONLY is None, reason="needs a folder nobody may write into (/proc/1 on Linux)")
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "DATA", "--set", "output_dir=RO/runs"],
+    ["distill", "--teacher", "MODEL", "--images", "DATA/images", "--set", "output_dir=RO/runs"],
+    ["predict", "MODEL", "DATA/images", "--set", "predict.output_dir=RO/p"],
+], ids=["train", "distill", "predict"])
+def test_output_folder_from_the_config_is_checked_before_work(argv: list[str], synth_dir: Path, tiny_model: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """An output place that comes from the config (not a flag) is checked as the job starts: one
+    line, before the data check, the teacher or the model is read."""
+    names = {"RO": READ_ONLY or "", "MODEL": str(tiny_model), "DATA": str(synth_dir)}
+    args = []
+    for a in argv:
+        for token, value in names.items():
+            a = a.replace(token, value)
+        args.append(a)
+    capsys.readouterr()
+    assert main(["-q", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {READ_ONLY}/"), err
+    assert "cannot write the " in err and f"({READ_ONLY} is read-only)" in err

@@ -85,6 +85,32 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def why_not_writable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into ``folder`` (made where missing), or None if they can: the
+    nearest part of it that exists must be a folder this process may write into. Asked before a
+    command starts its work, so a read-only or mistyped output place fails in a second, not after.
+    (Root passes permission checks; a read-only mount is caught by its flag.)"""
+    probe = Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only or not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is read-only"
+    return None
+
+
+def check_writable(folder: str | os.PathLike[str], what: str = "output folder") -> None:
+    """SegdistillError (one line) unless files can be written into ``folder``."""
+    reason = why_not_writable(folder)
+    if reason:
+        raise SegdistillError(f"{folder}: cannot write the {what} here ({reason})")
+
+
 def read_json(path: str | os.PathLike[str], kind: type = dict) -> Any:
     """A JSON file segdistill wrote earlier (a run's plan, history, search record, a cache), or None
     when it does not exist. Anything else, a file cut short, edited by hand or of another kind, is

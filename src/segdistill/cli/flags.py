@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from ..fileio import why_not_writable
+
 MAX_THREADS = 1024
 MAX_MINUTES = 7 * 24 * 60.0
 """A week: a longer --time or --search-budget is a typo (seconds for minutes), not a plan."""
@@ -141,34 +143,12 @@ def installed(backend_name: str) -> bool:
     return package is None or importlib.util.find_spec(package) is not None
 
 
-def writable_folder(path: Path) -> str | None:
-    """Why files cannot be written into folder ``path`` (created where missing), or None if they can.
-
-    The nearest folder that exists must be a folder this process may write into; a regular file on
-    the way, or a read-only folder, is the reason. Root passes permission checks, so read-only file
-    systems are caught by ``os.access`` only through their mount flags (checked via statvfs)."""
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a folder"
-    try:
-        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only = False
-    if read_only or not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is read-only"
-    return None
-
-
 def output_file(text: str) -> str:
     """An output file's path: its folder exists or can be made, and can be written into."""
     path = Path(text)
     if text.endswith(("/", os.sep)) or path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a folder, expected a file name")
-    reason = writable_folder(path.parent if str(path.parent) else Path("."))
+    reason = why_not_writable(path.parent if str(path.parent) else Path("."))
     if reason:
         raise argparse.ArgumentTypeError(f"{text}: cannot write here ({reason})")
     return text
@@ -179,7 +159,7 @@ def output_folder(text: str) -> str:
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text}: is a file, expected a folder")
-    reason = writable_folder(path)
+    reason = why_not_writable(path)
     if reason:
         raise argparse.ArgumentTypeError(f"{text}: cannot write here ({reason})")
     return text

@@ -15,7 +15,7 @@ from ..config import ConfigError, load_config
 from ..data.video import is_video_file
 from ..distributed import decided_by_main_process, gather_objects, is_main_process, process_group, rank, shard
 from ..errors import SegdistillError
-from ..fileio import atomic_path, is_temporary
+from ..fileio import atomic_path, check_writable, is_temporary
 from ..inference.choose import MEASURE_IMAGES
 from ..inference.predictor import Predictor, overlay
 from ..inference.sources import collect_inputs, inside, output_names, safe_relative_name
@@ -193,6 +193,7 @@ def run_predict(model: str, sources: list[str], config: str | None = None, overr
     """The predict command: masks of ``sources`` into ``out/NAME``; prints what it wrote. Returns
     the exit status (1 when a file could not be read)."""
     cfg = load_config(config, list(overrides))
+    check_writable(out or cfg.predict.output_dir)  # before the model is loaded or an image read
     set_threads(threads or cfg.threads)
     p = cfg.predict
     recursive = recursive or p.recursive
