@@ -30,8 +30,9 @@ def tiny_safetensors() -> bytes:
         return path.read_bytes()
 
 
-def tiny_onnx(meta: dict[str, str] | None = None, **tensor: Any) -> bytes:
-    """A one-convolution graph with segdistill metadata (``tensor``: fields of its weight to change)."""
+def tiny_onnx(meta: dict[str, str] | None = None, pads: int = 1, **tensor: Any) -> bytes:
+    """A one-convolution graph with segdistill metadata (``tensor``: fields of its weight to change;
+    ``pads`` other than 1: an output of another size than the input)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -50,7 +51,7 @@ def tiny_onnx(meta: dict[str, str] | None = None, **tensor: Any) -> bytes:
             weight.ClearField("raw_data")
         else:
             setattr(weight, key, value)
-    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[pads] * 4)
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, "h", "w"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1, "h", "w"])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -234,6 +234,38 @@ def test_onnx_field_made_wrong(change: dict, message: str, tmp_path: Path) -> No
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
 
 
+def test_onnx_whose_output_does_not_fit_the_input_is_refused(tmp_path: Path) -> None:
+    """Found by the fuzz tests: a byte of a Conv's pads changed gives a valid graph whose 4x4 input
+    makes a 2x2 output, which was cropped into a wrong mask."""
+    import torch
+
+    from segdistill.inference.backends import OnnxRuntimeBackend
+
+    path = tmp_path / "m.onnx"
+    path.write_bytes(tiny_onnx(pads=0))
+    with pytest.raises(ModelFileError, match=r"m.onnx: the graph returns shape \(1, 1, 2, 2\) for input \(1, 1, 4, 4\)"):
+        OnnxRuntimeBackend(path, multiple=1, threads=1)(torch.zeros(1, 1, 4, 4))
+
+
+def test_model_file_arguments_are_checked_before_building(tmp_path: Path) -> None:
+    """Found by the fuzz tests: a model file whose metadata names an argument the architecture lacks
+    gave an error without the file's name; arguments edited into a huge model allocate nothing."""
+    from segdistill.checkpoint import load_model
+
+    from .badfiles import tiny_safetensors
+
+    good = tiny_safetensors()
+    for old, new, message in [(b'\\"depth\\"', b'\\" epth\\"', "m.safetensors: model 'unet' has no argument ' epth'"),
+                              (b'\\"base\\": 2', b'\\"base\\": 9', "m.safetensors: weights do not match architecture 'unet'"),
+                              (b'\\"base\\": 2', b'\\"base\\": 8', "m.safetensors: weights do not match architecture 'unet'")]:
+        assert old in good
+        path = tmp_path / "m.safetensors"
+        path.write_bytes(good.replace(old, new, 1))
+        with pytest.raises(ModelFileError) as e:
+            load_model(path)
+        assert str(e.value).startswith(f"{tmp_path}/{message}"), str(e.value)
+
+
 def test_valid_onnx_reads() -> None:
     import tempfile
 

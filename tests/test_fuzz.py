@@ -32,7 +32,8 @@ from segdistill.inference.tiling import gaussian_weight, predict_tiled, tile_sta
 _EXAMPLES = os.environ.get("SEGDISTILL_FUZZ_EXAMPLES")
 FUZZ = settings(max_examples=int(_EXAMPLES or 30), deadline=None, derandomize=_EXAMPLES is None)
 # The readers of untrusted files (images and masks here; the others in test_fuzz_readers.py): 200 each.
-READER = settings(max_examples=max(200, int(_EXAMPLES or 0)), deadline=None, derandomize=_EXAMPLES is None)
+READER = settings(max_examples=max(200, int(_EXAMPLES or 0)), deadline=None, derandomize=_EXAMPLES is None,
+                  database=None)
 
 
 # --------------------------------------------------------------------------------------------------

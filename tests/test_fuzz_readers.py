@@ -29,7 +29,8 @@ from .badfiles import tiny_archive, tiny_h5, tiny_onnx, tiny_safetensors, tiny_v
 
 _EXAMPLES = os.environ.get("SEGDISTILL_FUZZ_EXAMPLES")
 READER_EXAMPLES = max(200, int(_EXAMPLES or 0))
-READER = settings(max_examples=READER_EXAMPLES, deadline=None, derandomize=_EXAMPLES is None,
+# database=None: a failure a longer local search stored must not change what CI runs.
+READER = settings(max_examples=READER_EXAMPLES, deadline=None, derandomize=_EXAMPLES is None, database=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -110,11 +111,7 @@ def _read_onnx(path: Path) -> Any:
     assert onnx_precision(path) in ("fp32", "int8")
     import torch
 
-    backend = OnnxRuntimeBackend(path, multiple=1, threads=1)
-    try:
-        out = backend(torch.zeros(1, 1, 4, 4))
-    except Exception:  # noqa: BLE001 - a graph ORT accepts but cannot run is the next reader's case
-        return info
+    out = OnnxRuntimeBackend(path, multiple=1, threads=1)(torch.zeros(1, 1, 4, 4))
     assert out.shape == (1, 1, 4, 4)
     return info
 

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .data.preprocess import Preprocess
-from .errors import ModelFileError
+from .errors import ModelFileError, SegdistillError
 from .fileio import atomic_path
 from .models import create_model
 
@@ -272,6 +272,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = Path(path)
     tensors, meta = _read(path)
     info = _parse_info(path, meta)
+    _check_shapes(path, info, tensors)
     model = create_model(info.arch, **info.args)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -279,6 +280,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         first = str(e).splitlines()[0]
         raise ModelFileError(f"{path}: weights do not match architecture '{info.arch}' ({first})") from None
     return model.to(device).eval(), info
+
+
+def _check_shapes(path: Path, info: ModelInfo, tensors: dict[str, torch.Tensor]) -> None:
+    """Build the architecture the file names on the meta device (no memory) and compare its weight
+    shapes with the file's, so that arguments edited into a huge model allocate nothing, and an
+    unknown name or argument is an error naming the file."""
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(info.arch, **info.args)
+    except SegdistillError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ModelFileError(f"{path}: architecture '{info.arch}' cannot be built from the file's arguments "
+                             f"({reason})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    for key in sorted(expected.keys() ^ tensors.keys()) or sorted(k for k in expected if expected[k] != tuple(tensors[k].shape)):
+        held = tuple(tensors[key].shape) if key in tensors else "missing"
+        raise ModelFileError(f"{path}: weights do not match architecture '{info.arch}' ({key}: expected "
+                             f"{expected.get(key, 'none')}, file has {held})")
 
 
 # --------------------------------------------------------------------------------------------------
