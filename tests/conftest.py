@@ -12,6 +12,8 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+pytest_plugins = ["tests.http_server"]  # the local HTTP server fixture (server) of the download tests
+
 REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segdistill"
 # Layers, lowest first. A module may import its own layer and those below, never one above.
 # The first prefix that matches a module's name decides its layer.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("version", "errors", "config", "metrics", "failpoints", "fileio", "distributed", "runtime",
+    ("base", ("version", "errors", "extras", "remote", "recipes", "config", "metrics", "failpoints", "fileio", "distributed", "runtime",
               "losses")),
     ("data, models", ("data", "models", "checkpoint")),
     ("engine, inference", ("engine", "inference", "deploy", "measure", "report", "html_report")),

@@ -194,6 +194,8 @@ def test_colour_images_get_a_pretrained_encoder_and_gray_ones_the_unet():
     student = make_plan(photo, 15, student=True).settings("distill.student.args")
     assert student["distill.student.name"][0] == "encoder_unet"
     assert student["distill.student.args.input_scale"][0] == 0.5 and student["distill.student.args.block"][0] == "dwsep"
+    # The student's encoder is cut after stride 16, its decoder one width per level.
+    assert student["distill.student.args.depth"][0] == 4 and len(student["distill.student.args.decoder"][0]) == 4
 
 
 def test_an_architecture_the_user_chose_is_not_swapped_for_an_encoder():

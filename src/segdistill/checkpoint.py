@@ -13,11 +13,11 @@ with a clear message rather than unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,11 +28,16 @@ from .data.preprocess import Preprocess
 from .errors import ModelFileError, SegdistillError
 from .fileio import atomic_path
 from .models import create_model
+from .remote import local_model
+from .remote import sha256_file as file_sha256  # noqa: F401 (callers import it from here)
 
 FORMAT_VERSION = 1
 _META_KEY = "segdistill"
 ONNX_PRECISION_KEY = "segdistill.precision"
-"""The ONNX metadata entry that marks an int8 export."""
+"""The metadata entry that marks an int8 export."""
+EXPORTED_SUFFIXES = (".onnx", ".xml")
+"""Exported models (ONNX, OpenVINO IR): they carry the model file's metadata; predict, evaluate and
+benchmark run them, nothing rewrites them."""
 
 
 @dataclass
@@ -130,7 +135,7 @@ def store_threshold(path: str | Path, threshold: float) -> float:
     """Rewrite the model file's threshold (atomically; weights and every other entry as they were);
     returns the old threshold."""
     path = Path(path)
-    if path.suffix.lower() == ".onnx":
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
         raise ModelFileError(f"{path}: an exported model is not rewritten; store the threshold in the .safetensors "
                              "model it was exported from, then export again")
     if not 0 < threshold < 1:
@@ -144,11 +149,11 @@ def store_threshold(path: str | Path, threshold: float) -> float:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """The metadata of a model file (``.safetensors``, or an exported ``.onnx``), without building
-    the model."""
-    path = Path(path)
-    if path.suffix.lower() == ".onnx":
-        return _parse_info(path, _onnx_metadata(path))
+    """The metadata of a model file (``.safetensors``, an exported ``.onnx`` or OpenVINO ``.xml``; a
+    path or an ``https://`` URL, see :func:`.remote.local_model`), without building the model."""
+    path = local_model(path)
+    if path.suffix.lower() in EXPORTED_SUFFIXES:
+        return _parse_info(path, exported_metadata(path))
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
@@ -225,9 +230,19 @@ def _check_onnx_tensor(path: Path, t: Any) -> None:
                              f"bytes, not {count * itemsize} (corrupt or truncated)")
 
 
-def onnx_precision_of(proto: Any) -> str:
-    """"int8" for a quantized export, else "fp32" (from the ONNX file's metadata)."""
-    return next((p.value for p in proto.metadata_props if p.key == ONNX_PRECISION_KEY), "fp32")
+def exported_metadata(path: Path) -> dict[str, str]:
+    """The metadata of an exported model (``segdistill export`` stores the model file's there): an
+    ONNX file's metadata properties (the file checked by :func:`read_onnx`), an OpenVINO IR's
+    ``rt_info`` (read as XML: no runtime needed)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.suffix.lower() == ".xml":
+        try:
+            rt_info = ElementTree.parse(path).getroot().find("rt_info")
+        except (ElementTree.ParseError, OSError) as e:
+            raise ModelFileError(f"{path}: not a readable OpenVINO IR .xml ({e})") from None
+        return {} if rt_info is None else {child.tag: child.get("value", "") for child in rt_info}
+    return _onnx_metadata(path)
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
@@ -237,11 +252,12 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 
 def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
     if _META_KEY not in meta:
-        if path.suffix.lower() == ".onnx":
+        kind = {".onnx": "ONNX", ".xml": "OpenVINO IR"}.get(path.suffix.lower(), "safetensors")
+        if kind == "ONNX":
             raise ModelFileError(f"{path}: ONNX file without segdistill metadata (not made by 'segdistill export'; "
                                  "its input size, channels, normalisation and threshold are unknown, so it is refused "
                                  "rather than guessed)")
-        raise ModelFileError(f"{path}: safetensors file without segdistill metadata (not a segdistill model)")
+        raise ModelFileError(f"{path}: {kind} file without segdistill metadata (not a segdistill model)")
     try:
         d = json.loads(meta[_META_KEY])
         version = int(d.get("format_version", 0))
@@ -268,8 +284,10 @@ def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelInfo]:
-    """Rebuild the architecture named in the file and load its weights (eval mode)."""
-    path = Path(path)
+    """Rebuild the architecture named in the file and load its weights (eval mode). ``path``: a
+    model file, or an ``https://.../model.safetensors#sha256=HEX`` URL (downloaded once into the
+    cache and verified: :func:`.remote.local_model`)."""
+    path = local_model(path)
     tensors, meta = _read(path)
     info = _parse_info(path, meta)
     _check_shapes(path, info, tensors)
@@ -353,11 +371,3 @@ def load_state(path: str | Path) -> dict[str, Any]:
         return _unflatten(json.loads(meta["segdistill_state"]), tensors)
     except (ValueError, KeyError, TypeError):
         raise ModelFileError(f"{path}: corrupt training state (unreadable metadata)") from None
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

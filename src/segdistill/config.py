@@ -18,6 +18,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from .errors import ConfigError
+from .recipes import config_file, list_recipes
 
 
 @dataclass
@@ -492,9 +493,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     """The labelled data: where it is and how it is read and split."""
     if path is not None:
-        path = Path(path)
+        path = config_file(path)  # a file, or a shipped recipe's name (-c membrane)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+            recipes = f" (nor a recipe: {', '.join(list_recipes())})" if path.parent == Path(".") else ""
+            raise ConfigError(f"{path}: config file not found{recipes}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError:

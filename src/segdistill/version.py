@@ -2,7 +2,7 @@
 
 import time
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 STARTED = time.monotonic()
 """When this package was imported: the command line's time budget (--time) counts from here, so
 that importing torch and reading the data count too."""

@@ -83,7 +83,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import export
 
     export(model_file(args.model), args.out, args.check, int8=args.int8, calibrate=args.calibrate,
-           calibration_images=args.calibration_images, threads=args.threads)
+           calibration_images=args.calibration_images, threads=args.threads, fmt=args.format)
     return 0
 
 
@@ -156,7 +156,7 @@ def cmd_data_download(args: argparse.Namespace) -> int:
 def cmd_config_init(args: argparse.Namespace) -> int:
     from ..jobs.config_init import config_init
 
-    config_init(args.path, args.force)
+    config_init(args.path, args.force, args.recipe)
     return 0
 
 

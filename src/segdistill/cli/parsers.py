@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import Config
+from ..recipes import list_recipes
 from . import flags
 from .commands import (
     cmd_benchmark,
@@ -47,7 +48,7 @@ class Subcommands:
 
 
 def _add_config_args(p: argparse.ArgumentParser, student: bool = False) -> None:
-    p.add_argument("--config", "-c", help="YAML config file")
+    p.add_argument("--config", "-c", help=f"YAML config file, or a shipped recipe's name ({', '.join(list_recipes())})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
     p.add_argument("--name", help="run name (folder under output_dir)")
@@ -90,7 +91,8 @@ def _train_parser(sub: Subcommands) -> None:
 
 def _evaluate_parser(sub: Subcommands) -> None:
     p = sub.add_parser("evaluate", help="metrics of a model on labelled data")
-    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
+    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), an exported .onnx or "
+                                     "OpenVINO .xml, or an https:// URL of one (#sha256=HEX to verify it)")
     p.add_argument("--data", required=True, help="data folder with images and masks")
     p.add_argument("--out", type=flags.output_file, help="per-image CSV (default: <model folder>/eval_<data name>.csv)")
     p.add_argument("--config", "-c", help="YAML config file (supplies device, threads, predict.threshold)")
@@ -123,7 +125,8 @@ def _report_parser(sub: Subcommands) -> None:
 
 def _predict_parser(sub: Subcommands) -> None:
     p = sub.add_parser("predict", help="masks for a file, folder or glob")
-    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), or an exported .onnx")
+    p.add_argument("model", help="model file: .safetensors (or a run folder: its model.safetensors), an exported .onnx or "
+                                     "OpenVINO .xml, or an https:// URL of one (#sha256=HEX to verify it)")
     p.add_argument("input", nargs="+", help="image or video files, folders or globs (all go to one output folder)")
     p.add_argument("--config", "-c", help="YAML config file (its predict section)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -148,10 +151,11 @@ def _predict_parser(sub: Subcommands) -> None:
 
 
 def _export_parser(sub: Subcommands) -> None:
-    p = sub.add_parser("export", help="export a model file for another runtime (ONNX), checked against PyTorch")
+    p = sub.add_parser("export", help="export a model file for another runtime (ONNX, OpenVINO), checked against PyTorch")
     p.add_argument("model", help="model .safetensors file (or a run folder: its model.safetensors)")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="onnx (default)")
-    p.add_argument("--out", type=flags.output_file, help="output file (default: beside the model, MODEL.onnx)")
+    p.add_argument("--format", choices=["onnx", "openvino"], default="onnx",
+                   help="onnx (default), or openvino: an IR, MODEL.xml + MODEL.bin (the [openvino] extra)")
+    p.add_argument("--out", type=flags.output_file, help="output file (default: beside the model, MODEL.onnx or MODEL.xml)")
     p.add_argument("--check", metavar="DIR",
                    help="images to compare the export with PyTorch on (default: the model's training data)")
     p.add_argument("--int8", action="store_true",
@@ -164,7 +168,7 @@ def _export_parser(sub: Subcommands) -> None:
 
 def _benchmark_parser(sub: Subcommands) -> None:
     p = sub.add_parser("benchmark", help="how fast models run here: latency, throughput, memory, GFLOP/s per backend")
-    p.add_argument("models", nargs="+", help="model files (.safetensors, .onnx, run folders); the first is the "
+    p.add_argument("models", nargs="+", help="model files (.safetensors, .onnx, .xml, URLs, run folders); the first is the "
                                              "reference for speed-ups (e.g. the teacher, then its students). One run "
                                              "folder alone: its models (a distillation's teacher, student and twin), "
                                              "IoU on its data, saved as RUN/speed.json and in its report.html")
@@ -195,7 +199,7 @@ def _import_keras_parser(sub: Subcommands) -> None:
 def _distill_parser(sub: Subcommands) -> None:
     p = sub.add_parser("distill", help="distil a trained teacher into a small student")
     _add_config_args(p, student=True)
-    p.add_argument("--teacher", help="teacher model file (or a run folder: its model.safetensors)")
+    p.add_argument("--teacher", help="teacher model file (or a run folder: its model.safetensors, or an https:// URL)")
     p.add_argument("--images", help="folder of transfer images or videos (labels not needed)")
     p.add_argument("--data", help="optional labelled data for validation (and alpha)")
     p.add_argument("--student", help="student model name")
@@ -248,8 +252,9 @@ def _data_parser(sub: Subcommands) -> None:
 
 def _config_parser(sub: Subcommands) -> None:
     cfg = Subcommands(sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True))
-    p = cfg.add_parser("init", help="write a commented default config")
+    p = cfg.add_parser("init", help="write a commented default config, or a shipped recipe")
     p.add_argument("path", nargs="?", type=flags.output_file, help="file to write (default: print)")
+    p.add_argument("--recipe", metavar="NAME", help=f"a shipped recipe instead of the defaults ({', '.join(list_recipes())})")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(fn=cmd_config_init)
 
@@ -273,7 +278,7 @@ def _demo_parser(sub: Subcommands) -> None:
 def _add_backend_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=flags.backend(("auto", "torch", "onnxruntime", "openvino")), default="auto",
                    help="inference backend; auto: the fastest measured on this machine (cached; measured for jobs of "
-                        "32+ images), else torch for a .safetensors model and onnxruntime for an .onnx")
+                        "32+ images), else torch for a .safetensors model, onnxruntime for an .onnx, openvino for an .xml")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="inference precision; auto: measured with --backend auto, else fp32 (an int8 export runs int8)")
 

@@ -41,9 +41,11 @@ MIN_SAMPLES = 64
 PHOTO_ENCODER = "efficientnet_lite0"
 """The encoder for colour images: ImageNet-pretrained, MobileNet-class, the fastest to fine-tune on
 a CPU of the encoders with weights to be had (docs/training.md, "Pretrained encoders")."""
-STUDENT_ENCODER = {"encoder": PHOTO_ENCODER, "decoder": [48, 24, 16, 12, 8], "block": "dwsep", "input_scale": 0.5}
-"""The photo student: the same pretrained encoder at half the teacher's resolution under a thin,
-depthwise-separable decoder (a quarter of the pixels, a fraction of the decoder)."""
+STUDENT_ENCODER = {"encoder": PHOTO_ENCODER, "depth": 4, "decoder": [24, 16, 12, 8], "block": "dwsep", "input_scale": 0.5}
+"""The photo student: the same pretrained encoder, cut after its stride-16 stage, at half the
+teacher's resolution under a thin depthwise-separable decoder. Half resolution is a quarter of the
+pixels; the cut drops 5 of the encoder's 16 blocks and a decoder step, which is what pays once the
+pixels are few: such a network's CPU time follows its layer count (docs/distillation.md)."""
 
 
 @dataclass
@@ -200,8 +202,8 @@ def _encoder(student: bool, reasons: dict[str, str]) -> dict[str, Any]:
     """The pretrained encoder for colour images (the teacher's, or the photo student's); gray ones
     keep the U-Net from scratch, which keeps its measured accuracy there (docs/training.md)."""
     if student:
-        reasons["encoder"] = (f"colour images: the student keeps the ImageNet-pretrained {PHOTO_ENCODER} encoder at "
-                              "half the teacher's resolution, under a thin depthwise-separable decoder")
+        reasons["encoder"] = (f"colour images: the student keeps the ImageNet-pretrained {PHOTO_ENCODER} encoder (cut "
+                              "after stride 16) at half the teacher's resolution, under a thin depthwise-separable decoder")
         return dict(STUDENT_ENCODER)
     reasons["encoder"] = (f"colour images: an ImageNet-pretrained {PHOTO_ENCODER} encoder (too few photos to learn "
                           "edges and textures from scratch)")

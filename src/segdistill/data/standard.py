@@ -417,7 +417,8 @@ def _download_sources(dataset: StandardDataset, downloads: Path, mirror: str | N
         if digest is None:
             url = source_url(dataset, src, mirror)
             log.info("downloading %s from %s", src.filename, url)
-            digest = fetch(url, target, src.sha256, src.size, progress)
+            digest = fetch(url, target, src.sha256, src.size, progress,
+                           offline_hint=f"check the connection, or set {MIRROR_ENV} to a mirror (docs/data.md)")
             if src.sha256 is None:
                 log.info("%s: SHA-256 %s (no published checksum to compare with; recorded in README.txt)",
                          src.filename, digest)

@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
 from ..errors import DataError, SegdistillError
+from ..extras import require
 from ..fileio import atomic_path, read_json, write_json
 from .discovery import list_images
 from .imageio import is_image_file
@@ -80,6 +80,7 @@ class VideoReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        av = require("av")
         try:
             if self.path.stat().st_size == 0:
                 raise DataError(f"{self.path}: empty file (0 bytes)")
@@ -120,6 +121,7 @@ class VideoReader:
     def read(self, stride: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, RGB uint8 (H, W, 3)) of every ``stride``-th frame from the first, in order;
         a frame that cannot be decoded is a DataError naming the file and the frame."""
+        av = require("av")
         frames = self._container.decode(self._stream)
         index = 0
         while True:
@@ -155,6 +157,7 @@ def video_writer(path: Path, codec: Codec, width: int, height: int, rate: Fracti
     """A function that appends one frame (uint8 (H, W) gray or (H, W, 3) RGB) to a new video at
     ``path``; the file appears, complete, only when the block ends without an error (written to a
     temporary name and renamed, like every file segdistill writes)."""
+    av = require("av")
     pix_fmt = codec.pix_fmt
     if pix_fmt == "yuv420p" and (width % 2 or height % 2):
         pix_fmt = "yuv444p"  # 4:2:0 halves both sides: H.264 refuses odd ones

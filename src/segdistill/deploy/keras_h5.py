@@ -31,6 +31,7 @@ from torch import nn
 from ..checkpoint import ModelInfo, file_sha256, save_model
 from ..data.preprocess import Preprocess
 from ..errors import ModelFileError
+from ..extras import require
 from ..models import create_model, resolved_args
 from ..models.unet import KerasUNet
 
@@ -77,8 +78,7 @@ def read_keras_h5(path: Path) -> tuple[list[KerasLayer], dict[str, Any]]:
     Raises:
         ModelFileError: not an HDF5 file, or one without Keras model weights.
     """
-    import h5py
-
+    h5py = require("h5py")
     if not path.is_file():
         raise ModelFileError(f"{path}: file not found")
     if not h5py.is_hdf5(path):

@@ -21,10 +21,9 @@ from ..checkpoint import ONNX_PRECISION_KEY, load_model
 from ..data.discovery import collect_images
 from ..data.imageio import read_image, resize_for_model
 from ..errors import SegdistillError
-from ..fileio import atomic_path
 from ..inference.backends import OnnxRuntimeBackend, pad_multiple
 from ..models.blocks import pad_to_multiple
-from .export import onnx_bytes
+from .export import FORMATS, exported_bytes, onnx_bytes, write_exported
 
 log = logging.getLogger("segdistill")
 
@@ -68,16 +67,18 @@ def _calibration_inputs(calibrate: Path, info, limit: int) -> list[torch.Tensor]
 
 
 def export_int8(model_path: str | Path, out: str | Path | None, calibrate: str | Path,
-                images: int = CALIBRATION_IMAGES) -> QuantizeResult:
+                images: int = CALIBRATION_IMAGES, fmt: str = "onnx") -> QuantizeResult:
     """Quantize ``model_path`` (a ``.safetensors`` model file) to an int8 QDQ ONNX file at ``out``
-    (default: beside it, ``.int8.onnx``), calibrated on up to ``images`` images of ``calibrate``."""
+    (default: beside it, ``.int8.onnx``; ``fmt="openvino"``: that graph as an OpenVINO IR,
+    ``.int8.xml`` + ``.bin``, which OpenVINO runs in int8), calibrated on up to ``images`` images of
+    ``calibrate``."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     model_path = Path(model_path)
     if model_path.suffix.lower() == ".onnx":
         raise SegdistillError(f"{model_path}: give the .safetensors model file to quantize (the export is made from it)")
-    out = Path(out) if out is not None else model_path.with_suffix(".int8.onnx")
+    out = Path(out) if out is not None else model_path.with_suffix(".int8" + FORMATS[fmt])
     model, info = load_model(model_path, "cpu")
     inputs = _calibration_inputs(Path(calibrate), info, images)
     blob = onnx_bytes(model, info)
@@ -109,21 +110,25 @@ def export_int8(model_path: str | Path, out: str | Path | None, calibrate: str |
         entry.key, entry.value = key, value
     data = proto.SerializeToString()
 
-    # The check: int8 masks against fp32 masks on the calibration images.
-    runtime = OnnxRuntimeBackend(data, pad_multiple(info), precision="int8")
-    agree = total = 0
-    with torch.inference_mode():
-        for x in inputs:
-            ref = torch.sigmoid(model(x)) > info.threshold
-            got = torch.sigmoid(runtime(x)) > info.threshold
-            agree += int((ref == got).sum())
-            total += ref.numel()
-    agreement = agree / total
+    agreement = _mask_agreement(model, OnnxRuntimeBackend(data, pad_multiple(info), precision="int8"), inputs,
+                                info.threshold)
     if agreement < MIN_AGREEMENT:
         raise SegdistillError(f"{model_path}: the int8 model's masks agree with fp32 on only {agreement:.1%} of the "
                               f"pixels of {len(inputs)} calibration image(s); nothing written")
-    with atomic_path(out) as tmp_out:
-        tmp_out.write_bytes(data)
+    write_exported(data, {"segdistill": info.to_json(), ONNX_PRECISION_KEY: "int8"}, out)
     log.info("int8 export %s -> %s (%.2f MB), calibrated on %d image(s) of %s; masks agree with fp32 on %.2f%% of pixels",
-             model_path, out, out.stat().st_size / 1e6, len(inputs), calibrate, 100 * agreement)
+             model_path, out, exported_bytes(out) / 1e6, len(inputs), calibrate, 100 * agreement)
     return QuantizeResult(out, agreement, len(inputs))
+
+
+def _mask_agreement(model: torch.nn.Module, runtime: OnnxRuntimeBackend, inputs: list[torch.Tensor],
+                    threshold: float) -> float:
+    """The check: the share of pixels whose int8 mask matches fp32's on the calibration images."""
+    agree = total = 0
+    with torch.inference_mode():
+        for x in inputs:
+            ref = torch.sigmoid(model(x)) > threshold
+            got = torch.sigmoid(runtime(x)) > threshold
+            agree += int((ref == got).sum())
+            total += ref.numel()
+    return agree / total

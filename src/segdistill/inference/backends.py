@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import ModelInfo, load_model, onnx_precision_of, read_onnx
+from ..checkpoint import EXPORTED_SUFFIXES, ONNX_PRECISION_KEY, ModelInfo, exported_metadata, load_model
 from ..errors import ModelFileError, SegdistillError
+from ..extras import available, require
 from ..models.blocks import pad_to_multiple
 from ..runtime import cpu_has_native_bf16
 from .graph import onnx_bytes, pad_multiple
@@ -188,34 +189,32 @@ class OpenVinoBackend(Backend):
 
 
 def import_openvino():
-    try:
-        import openvino as ov
-    except ImportError:
-        raise SegdistillError("OpenVINO is not installed: pip install 'segdistill[openvino]' (or pip install openvino)") from None
-    return ov
+    return require("openvino")
 
 
 def openvino_available() -> bool:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return available("openvino")
 
 
 def onnx_precision(path: str | Path) -> str:
-    """"int8" for a quantized export, else "fp32" (from the file's metadata; the file checked by
-    checkpoint.read_onnx: no external data, no declared size that does not fit)."""
-    return onnx_precision_of(read_onnx(path))
+    """"int8" for a quantized export (ONNX or OpenVINO IR), else "fp32" (from the file's metadata)."""
+    return exported_metadata(Path(path)).get(ONNX_PRECISION_KEY, "fp32")
 
 
 def is_onnx(path: str | Path) -> bool:
-    return Path(path).suffix.lower() == ".onnx"
+    """An exported graph: ``.onnx``, or an OpenVINO IR ``.xml`` (:func:`is_ir`)."""
+    return Path(path).suffix.lower() in EXPORTED_SUFFIXES
 
 
-def candidates(onnx_file: bool, graph_precision: str = "fp32", device: torch.device | None = None) -> list[Choice]:
+def is_ir(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".xml"
+
+
+def candidates(onnx_file: bool, graph_precision: str = "fp32", device: torch.device | None = None,
+               ir: bool = False) -> list[Choice]:
     """The ways this machine can run a model file: its reference first (torch fp32 for a
-    ``.safetensors`` file; ONNX Runtime for an ``.onnx`` one), then the rest that are installed.
+    ``.safetensors`` file; ONNX Runtime for an ``.onnx`` one; OpenVINO fp32 for an IR ``.xml``
+    (``ir``)), then the rest that are installed.
     bf16 only where the CPU computes it natively (emulated bf16 was 16x slower than fp32)."""
     if device is not None and device.type != "cpu":
         return [Choice("torch", "fp32", True), Choice("torch", "bf16", True)]
@@ -225,8 +224,9 @@ def candidates(onnx_file: bool, graph_precision: str = "fp32", device: torch.dev
         out += [Choice("torch", "fp32", False), Choice("torch", "fp32", True)]
         if bf16:
             out.append(Choice("torch", "bf16", True))
-    out.append(Choice("onnxruntime", graph_precision))
-    if openvino_available():
+    if not ir:  # an OpenVINO IR runs on OpenVINO only
+        out.append(Choice("onnxruntime", graph_precision))
+    if ir or openvino_available():
         out.append(Choice("openvino", graph_precision if graph_precision == "int8" else "fp32"))
         if bf16 and graph_precision != "int8":
             out.append(Choice("openvino", "bf16"))
@@ -239,8 +239,9 @@ def build_backend(choice: Choice, path: Path, info: ModelInfo, model: nn.Module 
     PyTorch; ``blob``: its ONNX export, made here when needed and not given)."""
     graph: str | Path | bytes
     if is_onnx(path):
-        if choice.backend == "torch":
-            raise SegdistillError(f"{path}: an exported ONNX model runs on onnxruntime or openvino; for torch give "
+        if choice.backend == "torch" or (is_ir(path) and choice.backend != "openvino"):
+            runs_on = "openvino" if is_ir(path) else "onnxruntime or openvino"
+            raise SegdistillError(f"{path}: an exported model runs on {runs_on}; for {choice.backend} give "
                                   "the .safetensors model file it was exported from")
         graph, graph_precision = path, onnx_precision(path)
     else:

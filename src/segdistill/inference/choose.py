@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
 from ..fileio import cache_root, read_json, write_json
+from ..remote import local_model
 from ..runtime import cpu_description, select_device, use_channels_last
 from .backends import (
     BACKENDS,
@@ -34,6 +35,7 @@ from .backends import (
     TorchBackend,
     build_backend,
     candidates,
+    is_ir,
     is_onnx,
     onnx_precision,
     pad_multiple,
@@ -125,7 +127,7 @@ def measure(path: Path, info: ModelInfo, size: tuple[int, int], choices: list[Ch
     onnx_file = is_onnx(path)
     graph_precision = onnx_precision(path) if onnx_file else "fp32"
     device = device or torch.device("cpu")
-    choices = choices or candidates(onnx_file, graph_precision, device)
+    choices = choices or candidates(onnx_file, graph_precision, device, ir=is_ir(path))
     model = None if onnx_file else load_model(path, device)[0]
     blob = None
     if not onnx_file and any(c.backend != "torch" for c in choices):
@@ -274,7 +276,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str | torch.de
         raise SegdistillError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise SegdistillError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    path = Path(path)
+    path = local_model(path)  # a URL: its verified download in the cache
     info = read_model_info(path)
     onnx_file = is_onnx(path)
     dev = torch.device("cpu") if onnx_file else select_device(device)
@@ -283,7 +285,7 @@ def open_backend(path: str | Path, backend: str = "auto", device: str | torch.de
         if choice is not None:
             return build_backend(choice, path, info, device=dev), info
     if backend == "auto":
-        backend = "onnxruntime" if onnx_file else "torch"
+        backend = "openvino" if is_ir(path) else "onnxruntime" if onnx_file else "torch"
     prec = "fp32" if precision == "auto" else precision
     if backend == "torch":
         if onnx_file:

@@ -21,7 +21,7 @@ import torch
 from ..checkpoint import ModelInfo, read_model_info
 from ..errors import SegdistillError
 from ..fileio import atomic_path, write_json
-from ..inference.backends import Choice, candidates, is_onnx, onnx_precision
+from ..inference.backends import Choice, candidates, is_ir, is_onnx, onnx_precision
 from ..inference.choose import cache_key, choose, measure, remember
 from ..measure import cpu_features, matmul_gflops, model_gflops, throughput
 from ..report import format_table
@@ -68,7 +68,7 @@ def benchmark_models(models: list[str | Path], backend: str = "all", size: list[
         params, gflops = model_gflops(info, hw)
         onnx_file = is_onnx(path)
         device = torch.device("cpu") if onnx_file else select_device("auto")  # torch rows on a GPU where there is one
-        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32", device)
+        choices = candidates(onnx_file, onnx_precision(path) if onnx_file else "fp32", device, ir=is_ir(path))
         if backend not in ("all", "auto"):
             choices = [c for c in choices if c.backend == backend] or [Choice(backend)]
         log.info("timing %s at %dx%d: %s", path.name, *hw, ", ".join(c.label() for c in choices))
@@ -115,7 +115,7 @@ def run_models(run_dir: Path) -> dict[str, str]:
     distilled = (run_dir / "distill_report.json").is_file()
     models = {}
     if distilled:
-        models[str(load_config(run_dir / "config.yaml").distill.teacher)] = "teacher"
+        models[model_file(str(load_config(run_dir / "config.yaml").distill.teacher))] = "teacher"
     models[str(run_dir / "model.safetensors")] = "student" if distilled else run_dir.name
     if (run_dir / "baseline" / "model.safetensors").is_file():
         models[str(run_dir / "baseline" / "model.safetensors")] = "student, labels only"

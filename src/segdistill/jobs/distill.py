@@ -18,6 +18,7 @@ from ..engine.planning import plan_student
 from ..engine.run import complete_message, open_run, read_plan
 from ..engine.search.orchestrate import search_student
 from ..fileio import check_writable, read_json
+from ..remote import is_url, local_model
 from ..runtime import select_device, set_threads
 
 log = logging.getLogger("segdistill")
@@ -41,6 +42,8 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
         log.info(done)
         return DistillResult(run_dir, list(state["history"]), report)
     validate_distill(cfg)
+    if is_url(cfg.distill.teacher):  # type: ignore[arg-type]
+        cfg.distill.teacher = str(local_model(cfg.distill.teacher))  # type: ignore[arg-type]  # downloaded once, verified
     if resume is None:  # a resumed run goes on with the plan in its config.yaml
         cfg, plan = plan_student(cfg, len(transfer_images(cfg)))  # videos: decodes their frames, once
     else:

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError, ModelFileError
 from ..fileio import cache_root
+from ..remote import fetch, sha256_file
 from .encoders import _DSConv, encoder_info
 
 log = logging.getLogger("segdistill")
@@ -127,13 +128,15 @@ def _lite_flat_names(encoder: nn.Module) -> dict[str, str]:
 
 
 def fit_weights(encoder: nn.Module, name: str, tensors: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """``tensors`` renamed and shaped for ``encoder`` (classifier head dropped, the first
-    convolution summed over its colour channels for a gray input); raises naming the first tensor
-    that differs."""
+    """``tensors`` renamed and shaped for ``encoder`` (classifier head dropped, the stages a cut
+    encoder leaves out dropped, the first convolution summed over its colour channels for a gray
+    input); raises naming the first tensor that differs."""
+    dropped = _HEAD_KEYS + tuple(getattr(encoder, "dropped_prefixes", tuple)())
     if any(k.startswith("_blocks.") for k in tensors):
         names = _lite_flat_names(encoder)
-        tensors = {names.get(k, k): v for k, v in tensors.items()}
-    tensors = {k.removeprefix("module."): v for k, v in tensors.items() if not k.removeprefix("module.").startswith(_HEAD_KEYS)}
+        cut = len(dropped) > len(_HEAD_KEYS)  # the flat blocks past a cut encoder's last stage have no name here
+        tensors = {names.get(k, k): v for k, v in tensors.items() if not (cut and k.startswith("_blocks.") and k not in names)}
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items() if not k.removeprefix("module.").startswith(dropped)}
     own = encoder.state_dict()
     first_conv = next(iter(own))
     if first_conv in tensors and own[first_conv].shape[1] == 1 and tensors[first_conv].shape[1] == 3:
@@ -195,8 +198,6 @@ def _declared_sha256(url: str) -> str | None:
 
 def _from_hub(name: str) -> Path:
     """The hub's weights for ``name`` in the cache, downloading them if needed (verified)."""
-    from ..data.download import fetch, sha256_file
-
     dest = weights_cache() / f"{name}.safetensors"
     sha_file = dest.with_suffix(".sha256")
     if dest.is_file() and sha_file.is_file():
@@ -253,8 +254,6 @@ def find_weights(name: str, pretrained: str) -> Weights | None:
 
 
 def _weights(path: Path, licence: str) -> Weights:
-    from ..data.download import sha256_file
-
     return Weights(read_weights(path), str(path), licence, sha256_file(path))
 
 
