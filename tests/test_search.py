@@ -53,10 +53,13 @@ def test_objective_syntax():
         load_config(None, ["distill.search=quick"])
 
 
-def test_bad_search_flag_is_a_one_line_error(capsys):
-    assert main(["distill", "--teacher", "t.safetensors", "--images", "x", "--search", "keep=97%"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "error: --search: expected keep=FRACTION or latency=NUMBERms (distill.search), got 'keep=97%'"
+def test_bad_search_flag_is_a_one_line_error_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--teacher", "t.safetensors", "--images", "x", "--search", "keep=97%"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("segdistill distill: error: argument --search: 'keep=97%' is not a search objective "
+                          "(expected keep=F with 0 < F <= 1")
 
 
 S = [Score("a", 0.50, 1.0), Score("b", 0.70, 2.0), Score("c", 0.65, 3.0), Score("d", 0.80, 8.0), Score("e", 0.79, 9.0)]
@@ -171,10 +174,9 @@ def test_encoder_students_are_pretrained_encoders_cut_at_each_depth_and_scale():
 def test_a_teacher_on_an_encoder_gets_encoder_students_in_the_grid(synth_dir, tmp_path):
     from segdistill.checkpoint import ModelInfo, save_model
     from segdistill.config import ModelConfig
+    from segdistill.data.preprocess import Preprocess
     from segdistill.engine.search.book import Book
     from segdistill.models import create_model
-
-    from segdistill.data.preprocess import Preprocess
 
     args = {"in_channels": 1, "encoder": "efficientnet_lite0", "decoder": [8, 8, 8, 8, 8]}
     path = save_model(tmp_path / "teacher.safetensors", create_model("encoder_unet", **args),

@@ -12,7 +12,6 @@ choice is never slower than it. The result is cached per (model file, machine, i
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import statistics
 import time
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
-from ..fileio import cache_root, write_json
+from ..fileio import cache_root, read_json, write_json
 from ..remote import local_model
 from ..runtime import cpu_description, select_device, use_channels_last
 from .backends import (
@@ -210,10 +209,9 @@ def cache_key(path: Path, size: tuple[int, int], batch: int = 1) -> str:
 
 
 def _read_cache() -> dict[str, Any]:
-    f = cache_root() / "backends.json"
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(cache_root() / "backends.json") or {}
+    except (OSError, SegdistillError):
         return {}  # none yet, or unreadable: measure again
 
 
