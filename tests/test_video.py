@@ -182,3 +182,23 @@ def test_distill_from_a_video(tiny_model, tmp_path, monkeypatch):
 def test_video_stride_must_be_positive():
     with pytest.raises(ConfigError, match="video_stride"):
         load_config(None, ["distill.video_stride=0"])
+
+
+def test_a_stream_without_a_decoder_is_a_one_line_error(tmp_path, monkeypatch):
+    # What a fuzzed .mkv header gave: a video stream whose codec FFmpeg has no decoder for.
+    class Stream:
+        codec_context = None
+        codec_tag = "XXXX"
+
+    class Container:
+        class streams:  # noqa: N801 (PyAV's attribute name)
+            video = [Stream()]
+
+        def close(self):
+            self.closed = True
+
+    path = tmp_path / "odd.mkv"
+    path.write_bytes(b"\x1a\x45\xdf\xa3" + bytes(60))
+    monkeypatch.setattr(av, "open", lambda *a, **k: Container())
+    with pytest.raises(DataError, match=r"odd\.mkv: no decoder for its video stream"):
+        VideoReader(path)

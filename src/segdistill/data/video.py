@@ -95,6 +95,9 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # FFmpeg decodes on several threads
         s = self._stream
+        if s.codec_context is None:  # a stream FFmpeg found no decoder for (fuzzed .mkv headers)
+            self._container.close()
+            raise DataError(f"{self.path}: no decoder for its video stream (codec {getattr(s, 'codec_tag', '?')!r})")
         self.width, self.height = s.codec_context.width, s.codec_context.height
         if not self.width or not self.height:
             self._container.close()
