@@ -141,7 +141,8 @@ def test_backend_not_installed_is_refused(monkeypatch: pytest.MonkeyPatch, capsy
         main(["benchmark", "m.safetensors", "--backend", "openvino"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
-    assert "argument --backend: openvino is not installed here (pip install openvino); installed: all, auto, torch" in err
+    assert 'argument --backend: the OpenVINO backend' in err
+    assert 'pip install "segdistill[openvino]"; installed: all, auto, torch' in err
 
 
 def test_good_values_pass_the_parser() -> None:

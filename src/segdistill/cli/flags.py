@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..fileio import why_not_writable
+from ..extras import EXTRAS, install_hint
 
 MAX_THREADS = 1024
 MAX_MINUTES = 7 * 24 * 60.0
@@ -130,9 +131,9 @@ def backend(choices: tuple[str, ...]) -> Callable[[str], str]:
         if text not in choices:
             raise argparse.ArgumentTypeError(f"{text!r} is not a backend (expected one of {', '.join(choices)})")
         package = _BACKEND_PACKAGES.get(text)
-        if package and importlib.util.find_spec(package) is None:
-            raise argparse.ArgumentTypeError(f"{text} is not installed here (pip install {package}); "
-                                             f"installed: {', '.join(c for c in choices if installed(c))}")
+        if package and not installed(text):
+            hint = install_hint(package) if package in EXTRAS else f"{text} is not installed here (pip install {package})"
+            raise argparse.ArgumentTypeError(f"{hint}; installed: {', '.join(c for c in choices if installed(c))}")
         return text
 
     return parse
@@ -140,7 +141,10 @@ def backend(choices: tuple[str, ...]) -> Callable[[str], str]:
 
 def installed(backend_name: str) -> bool:
     package = _BACKEND_PACKAGES.get(backend_name)
-    return package is None or importlib.util.find_spec(package) is not None
+    try:  # a broken or blocked install can raise from find_spec itself
+        return package is None or importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def output_file(text: str) -> str:
