@@ -41,6 +41,8 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_TRAIN = [
     "--epochs", "2", "--batch-size", "4", "--input-size", "32",
     "--set", "model.args.base=4", "--set", "model.args.depth=2", "--set", "train.samples_per_epoch=8",
+    # one view, as the history's validation: tests compare evaluate with training's own figures
+    "--set", "train.tta=1",
 ]
 
 

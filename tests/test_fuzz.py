@@ -31,6 +31,9 @@ from segdistill.inference.tiling import gaussian_weight, predict_tiled, tile_sta
 # Derandomised by default so CI is reproducible; SEGDISTILL_FUZZ_EXAMPLES=2000 searches harder (random).
 _EXAMPLES = os.environ.get("SEGDISTILL_FUZZ_EXAMPLES")
 FUZZ = settings(max_examples=int(_EXAMPLES or 30), deadline=None, derandomize=_EXAMPLES is None)
+# The readers of untrusted files (images and masks here; the others in test_fuzz_readers.py): 200 each.
+READER = settings(max_examples=max(200, int(_EXAMPLES or 0)), deadline=None, derandomize=_EXAMPLES is None,
+                  database=None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,7 +85,7 @@ LOSSLESS = (".png", ".tif", ".bmp")
 def test_read_image_returns_float_hwc_in_unit_range(sample: tuple, channels: str) -> None:
     suffix, mode, arr, im = sample
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"x{suffix}"
+        path = Path(d) / f"x.{suffix.rsplit('.', 1)[-1]}"
         im.save(path)
         x = read_image(path, channels)  # type: ignore[arg-type]
         m = read_mask(path)
@@ -114,6 +117,11 @@ def _valid_files() -> dict[str, bytes]:
         extra = {"save_all": True, "append_images": [im.convert("L")]} if fmt == "TIFF" else {}
         im.save(buf, format=fmt, **extra)
         out[suffix] = buf.getvalue()
+    deep = Image.fromarray(rng.integers(0, 65536, (16, 16), dtype=np.uint16))  # 16-bit gray: I;16
+    for suffix, fmt in ((".16.png", "PNG"), (".16.tif", "TIFF")):
+        buf = io.BytesIO()
+        deep.save(buf, format=fmt)
+        out[suffix] = buf.getvalue()
     return out
 
 
@@ -123,7 +131,7 @@ VALID = _valid_files()
 def _read_or_data_error(content: bytes, suffix: str = ".png") -> None:
     """Reading ``content`` either gives a well-formed result or a DataError, nothing else."""
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"x{suffix}"
+        path = Path(d) / f"x.{suffix.rsplit('.', 1)[-1]}"
         path.write_bytes(content)
         for read in (lambda: read_image(path, "rgb"), lambda: read_mask(path)):
             try:
@@ -134,20 +142,20 @@ def _read_or_data_error(content: bytes, suffix: str = ".png") -> None:
             assert out.ndim in (2, 3) and out.dtype in (np.float32, np.bool_)
 
 
-@FUZZ
+@READER
 @given(st.binary(max_size=2000))
 def test_random_bytes_give_data_error(content: bytes) -> None:
     _read_or_data_error(content)
 
 
-@FUZZ
+@READER
 @given(st.binary(max_size=300))
 def test_png_signature_with_random_bytes_gives_data_error(content: bytes) -> None:
     _read_or_data_error(b"\x89PNG\r\n\x1a\n" + content)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # PIL warns about the damage it reads past
-@FUZZ
+@READER
 @given(st.sampled_from(sorted(VALID)), st.data())
 def test_damaged_files_give_data_error_or_an_image(suffix: str, data: st.DataObject) -> None:
     """Bytes overwritten and/or the end cut off, in each format."""
@@ -372,3 +380,11 @@ def test_output_names_examples() -> None:
     files = [Path("/in") / n if not n.startswith("/") else Path(n) for n in names]
     got = output_names(files, Path("/in"))
     assert len({g.as_posix().casefold() for g in got}) == len(got)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("suffix", sorted(VALID))
+def test_every_cut_of_each_image_format(suffix: str) -> None:
+    """Each valid file (8-bit and 16-bit) cut at every offset: its chunks' and tags' boundaries included."""
+    for k in range(len(VALID[suffix])):
+        _read_or_data_error(VALID[suffix][:k], suffix)

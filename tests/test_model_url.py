@@ -38,6 +38,9 @@ def test_predict_and_evaluate_by_url_with_the_right_hash(server: Server, tiny_mo
     assert len(list((tmp_path / "pred" / "p").glob("*.png"))) == len(list((synth_dir / "images").glob("*.png")))
     assert main(["-q", "evaluate", pinned, "--data", str(synth_dir), "--out", str(tmp_path / "eval.csv")]) == 0
     assert (tmp_path / "eval.csv").is_file()
+    assert main(["-q", "benchmark", pinned, "--backend", "torch", "--size", "32", "--runs", "2", "--batch-sizes", "1",
+                 "--json", str(tmp_path / "bench.json")]) == 0
+    assert (tmp_path / "bench.json").is_file()
     # Library: the same weights as the local file; one download served everything since.
     model, info = sd.load_model(pinned)
     local, _ = sd.load_model(tiny_model)

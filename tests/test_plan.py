@@ -67,6 +67,10 @@ def test_photos_of_one_upright_object_are_downscaled_and_never_flipped_verticall
     assert make_plan(fp).depth == 5  # without a budget's downscaling the objects span > 96 px
     # The same photos with no preferred orientation get flips and turns.
     assert make_plan(replace(fp, vertical_z=1.0), 30).vflip == 0.5
+    # Test-time views: the flips (and turns) trained on; a student's plan leaves them to its teacher.
+    assert plan.tta == 2 and plan.settings()["train.tta"][0] == 2
+    assert make_plan(replace(fp, vertical_z=1.0), 30).settings()["train.tta"][0] == 8
+    assert "train.tta" not in make_plan(fp, 30, student=True).settings("distill.student.args")
 
 
 def test_thin_structures_are_not_downscaled_below_the_minimum_width():
@@ -154,6 +158,7 @@ def test_a_run_on_upright_photos_gets_no_vertical_flips_and_records_its_plan(syn
     saved = load_config(run / "config.yaml")
     assert saved.augment.vflip == 0 and saved.model.args == {"base": 4, "depth": plan["applied"]["model.args.depth"]}
     assert read_model_info(run / "model.safetensors").summary["plan"] == plan
+    assert plan["applied"]["train.tta"] == 2 == read_model_info(run / "model.safetensors").tta
     # The microscopy-like synthetic set (blobs in every orientation) gets flips and turns.
     blobs, _ = plan_run(load_config(None, [f"data.root={synth_dir}"]))
     assert (blobs.augment.vflip, blobs.augment.rot90) == (0.5, 0.5)
@@ -194,6 +199,8 @@ def test_colour_images_get_a_pretrained_encoder_and_gray_ones_the_unet():
     student = make_plan(photo, 15, student=True).settings("distill.student.args")
     assert student["distill.student.name"][0] == "encoder_unet"
     assert student["distill.student.args.input_scale"][0] == 0.5 and student["distill.student.args.block"][0] == "dwsep"
+    # The student's encoder is cut after stride 16, its decoder one width per level.
+    assert student["distill.student.args.depth"][0] == 4 and len(student["distill.student.args.decoder"][0]) == 4
 
 
 def test_an_architecture_the_user_chose_is_not_swapped_for_an_encoder():

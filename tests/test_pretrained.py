@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from segdistill.checkpoint import read_model_info
 from segdistill.cli import main
-from segdistill.errors import ModelFileError
+from segdistill.errors import ConfigError, ModelFileError
 from segdistill.models import create_model
 from segdistill.models import pretrained as pt
 from segdistill.models.encoders import ENCODERS, build_encoder
@@ -38,9 +38,42 @@ def test_every_encoder_gives_five_features_at_strides_2_to_32(name):
     assert [f.shape[1] for f in feats] == list(ENCODERS[name].channels)
 
 
+@pytest.mark.parametrize("name", list(ENCODERS))
+@pytest.mark.parametrize("depth", [3, 4])
+def test_a_cut_encoder_stops_at_its_depth_with_the_full_encoders_first_layers(name, depth):
+    full, cut = build_encoder(name).eval(), build_encoder(name, depth=depth).eval()
+    assert set(cut.state_dict()) < set(full.state_dict())
+    assert not any(k.startswith(cut.dropped_prefixes()) for k in cut.state_dict())
+    assert all(k.startswith(cut.dropped_prefixes()) or k in cut.state_dict() for k in full.state_dict()
+               if not k.startswith(("conv_head", "bn2.")))
+    cut.load_state_dict({k: v for k, v in full.state_dict().items() if k in cut.state_dict()})
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        got, want = cut(x), full(x)[:depth]
+    assert len(got) == depth and all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_a_cut_encoder_takes_the_kept_stages_of_a_full_weights_file(tmp_path):
+    path, own = _flat_file(tmp_path)
+    model = create_model("encoder_unet", in_channels=3, encoder="efficientnet_lite0", depth=4, decoder=[8, 8, 8, 8])
+    assert load_pretrained(model, "efficientnet_lite0", str(path)) is not None
+    got = model.encoder.state_dict()
+    assert got and all(torch.equal(v, own[k]) for k, v in got.items())
+    assert model.multiple == 16 and model.feature_strides == [8, 4, 2]
+
+
+def test_a_decoder_that_does_not_match_the_depth_is_refused():
+    with pytest.raises(ConfigError, match="4 widths for encoder depth 4"):
+        create_model("encoder_unet", encoder="efficientnet_lite0", depth=4, decoder=[8, 8, 8, 8, 8])
+    with pytest.raises(ValueError, match="depth must be 3, 4 or 5"):
+        build_encoder("resnet18", depth=2)
+
+
 @pytest.mark.parametrize("scale", [1.0, 0.5])
-def test_encoder_unet_keeps_any_input_size(scale):
-    model = create_model("encoder_unet", in_channels=1, input_scale=scale, **TINY).eval()
+@pytest.mark.parametrize("depth", [5, 4])
+def test_encoder_unet_keeps_any_input_size(scale, depth):
+    model = create_model("encoder_unet", in_channels=1, input_scale=scale, depth=depth,
+                         **{**TINY, "decoder": TINY["decoder"][:depth]}).eval()
     for h, w in ((5, 7), (97, 131), (64, 64)):
         with torch.no_grad():
             logits, feats = model(torch.randn(2, 1, h, w), return_features=True)

@@ -53,10 +53,13 @@ def test_objective_syntax():
         load_config(None, ["distill.search=quick"])
 
 
-def test_bad_search_flag_is_a_one_line_error(capsys):
-    assert main(["distill", "--teacher", "t.safetensors", "--images", "x", "--search", "keep=97%"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "error: --search: expected keep=FRACTION or latency=NUMBERms (distill.search), got 'keep=97%'"
+def test_bad_search_flag_is_a_one_line_error_at_parse_time(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--teacher", "t.safetensors", "--images", "x", "--search", "keep=97%"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("segdistill distill: error: argument --search: 'keep=97%' is not a search objective "
+                          "(expected keep=F with 0 < F <= 1")
 
 
 S = [Score("a", 0.50, 1.0), Score("b", 0.70, 2.0), Score("c", 0.65, 3.0), Score("d", 0.80, 8.0), Score("e", 0.79, 9.0)]
@@ -156,6 +159,38 @@ def test_spread_covers_the_range_from_the_first():
 
 # --------------------------------------------------------------------------------------------------
 # Whole searches on tiny data (latency timed on torch only: an ONNX export per candidate is slow).
+
+def test_encoder_students_are_pretrained_encoders_cut_at_each_depth_and_scale():
+    grid = search.encoder_grid("efficientnet_lite0")
+    names = [candidate_name(a) for a in grid]
+    assert len(names) == len(set(names)) == len(search.ENCODER_DEPTHS) * len(search.ENCODER_SCALES)
+    assert "lite0-d4-x50" in names and "lite0-d5-x75" in names
+    for args in grid:  # one decoder width per encoder level, and the model builds
+        assert len(args["decoder"]) == args["depth"] and search.candidate_arch(args) == "encoder_unet"
+        assert search.design_name(args) == "lite0"
+    assert search.candidate_arch({"base": 4, "depth": 3}) == "unet"
+
+
+def test_a_teacher_on_an_encoder_gets_encoder_students_in_the_grid(synth_dir, tmp_path):
+    from segdistill.checkpoint import ModelInfo, save_model
+    from segdistill.config import ModelConfig
+    from segdistill.data.preprocess import Preprocess
+    from segdistill.engine.search.book import Book
+    from segdistill.models import create_model
+
+    args = {"in_channels": 1, "encoder": "efficientnet_lite0", "decoder": [8, 8, 8, 8, 8]}
+    path = save_model(tmp_path / "teacher.safetensors", create_model("encoder_unet", **args),
+                      ModelInfo("encoder_unet", args, Preprocess()))
+    cfg = load_config(None, [f"distill.teacher={path}", f"distill.images={synth_dir / 'images'}", "train.input_size=32"])
+    cfg.distill.student = ModelConfig("unet", {"base": 4, "depth": 2})
+    book = Book.open(tmp_path / "run", True)
+    book.data["teacher"] = {}
+    orchestrate._grid(cfg, book)
+    grid = {g["name"]: g for g in book.data["grid"]}
+    kept = set(grid) | {g["name"] for g in book.data["left_out"]}
+    assert {candidate_name(a) for a in search.encoder_grid("efficientnet_lite0")} <= kept
+    assert all(g["latency_ms"] > 0 for g in book.data["grid"])
+
 
 TINY = ["--epochs", "4", "--batch-size", "4", "--input-size", "32", "--set", "train.samples_per_epoch=8", "--threads", "1"]
 

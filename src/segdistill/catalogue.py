@@ -24,7 +24,7 @@ class ModelEntry:
 
 
 CATALOGUE: tuple[ModelEntry, ...] = (
-    ModelEntry("encoder_unet", None, None, 3546097,
+    ModelEntry("encoder_unet", None, 5, 3546097,
                "U-Net on an ImageNet-style encoder (efficientnet_lite0/1/2, resnet18/34), for photos; with "
                "model.pretrained its encoder starts from ImageNet weights"),
     ModelEntry("unet", 32, 4, 7762465, "Configurable U-Net; base 64, depth 4 is the classic 31M-parameter model"),

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .data.preprocess import Preprocess
-from .errors import ModelFileError
+from .errors import ModelFileError, SegdistillError
 from .fileio import atomic_path
 from .models import create_model
 from .remote import local_model
@@ -33,6 +33,8 @@ from .remote import sha256_file as file_sha256  # noqa: F401 (callers import it 
 
 FORMAT_VERSION = 1
 _META_KEY = "segdistill"
+ONNX_PRECISION_KEY = "segdistill.precision"
+"""The metadata entry that marks an int8 export."""
 EXPORTED_SUFFIXES = (".onnx", ".xml")
 """Exported models (ONNX, OpenVINO IR): they carry the model file's metadata; predict, evaluate and
 benchmark run them, nothing rewrites them."""
@@ -161,9 +163,77 @@ def read_model_info(path: str | Path) -> ModelInfo:
     return _parse_info(path, meta)
 
 
+MAX_ONNX_TENSOR_BYTES = 1 << 31
+"""The largest weight tensor an ONNX file may declare (2 GiB, protobuf's own limit for a whole
+file): a larger declared shape is a decompression bomb, not a segmentation model."""
+
+
+def read_onnx(path: str | Path) -> Any:
+    """An ONNX file as its ``ModelProto``, checked before anything allocates or follows it:
+    every weight keeps its data inside the file (external data is refused, so no path in the file
+    is ever opened), and every declared shape is non-negative, at most MAX_ONNX_TENSOR_BYTES, and
+    matches the bytes the file holds for it.
+
+    Raises:
+        ModelFileError: missing, empty, not ONNX, external data, or a tensor that does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path}: empty file (0 bytes)")
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    for tensor in _onnx_tensors(proto.graph):
+        _check_onnx_tensor(path, tensor)
+    return proto
+
+
+def _onnx_tensors(graph: Any) -> Any:
+    """The weight tensors of a graph: initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _onnx_tensors(sub)
+
+
+def _check_onnx_tensor(path: Path, t: Any) -> None:
+    import onnx
+
+    name = t.name or "(unnamed)"
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data:
+        where = next((e.value for e in t.external_data if e.key == "location"), "?")
+        raise ModelFileError(f"{path}: tensor {name!r} keeps its data in another file ({where!r}); segdistill reads "
+                             "only self-contained ONNX files (as segdistill export writes them)")
+    if any(d < 0 for d in t.dims):
+        raise ModelFileError(f"{path}: tensor {name!r} declares a negative size {list(t.dims)}")
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise ModelFileError(f"{path}: tensor {name!r} has an unknown data type ({t.data_type})") from None
+    count = 1
+    for d in t.dims:
+        count *= d
+    if count * itemsize > MAX_ONNX_TENSOR_BYTES:
+        raise ModelFileError(f"{path}: tensor {name!r} declares {count * itemsize} bytes (shape {list(t.dims)}); "
+                             f"refusing more than {MAX_ONNX_TENSOR_BYTES}")
+    if t.HasField("raw_data") and len(t.raw_data) != count * itemsize:
+        raise ModelFileError(f"{path}: tensor {name!r} declares shape {list(t.dims)} but holds {len(t.raw_data)} "
+                             f"bytes, not {count * itemsize} (corrupt or truncated)")
+
+
 def exported_metadata(path: Path) -> dict[str, str]:
     """The metadata of an exported model (``segdistill export`` stores the model file's there): an
-    ONNX file's metadata properties, an OpenVINO IR's ``rt_info`` (read as XML: no runtime needed)."""
+    ONNX file's metadata properties (the file checked by :func:`read_onnx`), an OpenVINO IR's
+    ``rt_info`` (read as XML: no runtime needed)."""
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
     if path.suffix.lower() == ".xml":
@@ -172,18 +242,21 @@ def exported_metadata(path: Path) -> dict[str, str]:
         except (ElementTree.ParseError, OSError) as e:
             raise ModelFileError(f"{path}: not a readable OpenVINO IR .xml ({e})") from None
         return {} if rt_info is None else {child.tag: child.get("value", "") for child in rt_info}
-    try:
-        import onnx
+    return _onnx_metadata(path)
 
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise ModelFileError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-    return {p.key: p.value for p in proto.metadata_props}
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata properties of an ONNX file (``segdistill export`` stores the model file's there)."""
+    return {p.key: p.value for p in read_onnx(path).metadata_props}
 
 
 def _parse_info(path: Path, meta: dict[str, str]) -> ModelInfo:
     if _META_KEY not in meta:
         kind = {".onnx": "ONNX", ".xml": "OpenVINO IR"}.get(path.suffix.lower(), "safetensors")
+        if kind == "ONNX":
+            raise ModelFileError(f"{path}: ONNX file without segdistill metadata (not made by 'segdistill export'; "
+                                 "its input size, channels, normalisation and threshold are unknown, so it is refused "
+                                 "rather than guessed)")
         raise ModelFileError(f"{path}: {kind} file without segdistill metadata (not a segdistill model)")
     try:
         d = json.loads(meta[_META_KEY])
@@ -217,6 +290,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     path = local_model(path)
     tensors, meta = _read(path)
     info = _parse_info(path, meta)
+    _check_shapes(path, info, tensors)
     model = create_model(info.arch, **info.args)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -224,6 +298,26 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         first = str(e).splitlines()[0]
         raise ModelFileError(f"{path}: weights do not match architecture '{info.arch}' ({first})") from None
     return model.to(device).eval(), info
+
+
+def _check_shapes(path: Path, info: ModelInfo, tensors: dict[str, torch.Tensor]) -> None:
+    """Build the architecture the file names on the meta device (no memory) and compare its weight
+    shapes with the file's, so that arguments edited into a huge model allocate nothing, and an
+    unknown name or argument is an error naming the file."""
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(info.arch, **info.args)
+    except SegdistillError as e:
+        raise ModelFileError(f"{path}: {e}") from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as e:
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise ModelFileError(f"{path}: architecture '{info.arch}' cannot be built from the file's arguments "
+                             f"({reason})") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    for key in sorted(expected.keys() ^ tensors.keys()) or sorted(k for k in expected if expected[k] != tuple(tensors[k].shape)):
+        held = tuple(tensors[key].shape) if key in tensors else "missing"
+        raise ModelFileError(f"{path}: weights do not match architecture '{info.arch}' ({key}: expected "
+                             f"{expected.get(key, 'none')}, file has {held})")
 
 
 # --------------------------------------------------------------------------------------------------

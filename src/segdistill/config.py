@@ -343,10 +343,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: config file not found{recipes}")
         try:
             loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file (a YAML config is UTF-8 text)") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}:{line} is not valid YAML ({getattr(e, 'problem', e)})") from None
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())  # PyYAML's own text spans lines
+            raise ConfigError(f"{path}:{line} is not valid YAML ({problem})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a usable YAML config (nested too deeply)") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
         data = loaded or {}

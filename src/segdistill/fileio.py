@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .errors import SegdistillError
 from .failpoints import failpoint
 
 
@@ -82,6 +83,70 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def why_not_writable(folder: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into ``folder`` (made where missing), or None if they can: the
+    nearest part of it that exists must be a folder this process may write into. Asked before a
+    command starts its work, so a read-only or mistyped output place fails in a second, not after.
+    (Root passes permission checks; a read-only mount is caught by its flag.)"""
+    probe = Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    try:
+        read_only = bool(os.statvfs(probe).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only or not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is read-only"
+    return None
+
+
+def check_writable(folder: str | os.PathLike[str], what: str = "output folder") -> None:
+    """SegdistillError (one line) unless files can be written into ``folder``."""
+    reason = why_not_writable(folder)
+    if reason:
+        raise SegdistillError(f"{folder}: cannot write the {what} here ({reason})")
+
+
+def read_json(path: str | os.PathLike[str], kind: type = dict) -> Any:
+    """A JSON file segdistill wrote earlier (a run's plan, history, search record, a cache), or None
+    when it does not exist. Anything else, a file cut short, edited by hand or of another kind, is
+    one SegdistillError naming the file, never a JSONDecodeError (or a KeyError later).
+
+    Args:
+        kind: the type the top level must have (dict or list).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        reason = str(e).splitlines()[0][:120] if not isinstance(e, RecursionError) else "nested too deeply"
+        raise SegdistillError(f"{path}: not a valid JSON file ({reason}); delete it or restore it") from None
+    if not isinstance(data, kind):
+        raise SegdistillError(f"{path}: expected a JSON {'object' if kind is dict else 'array'} at the top level, "
+                              f"found {type(data).__name__}; delete it or restore it")
+    return data
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, str]] | None:
+    """The rows of a CSV file segdistill wrote earlier (history.csv, per_image.csv), or None when it
+    does not exist; a file that is not UTF-8 text or not CSV is one SegdistillError naming it."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise SegdistillError(f"{path}: not a readable CSV file ({str(e).splitlines()[0][:120]}); "
+                              "delete it or restore it") from None
 
 
 def _fsync_file(path: Path) -> None:

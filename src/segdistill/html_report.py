@@ -18,10 +18,8 @@ without validation, data that has moved since); nothing else is caught, so a bug
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ import torch
 
 from .checkpoint import ModelInfo, read_model_info
 from .errors import SegdistillError
-from .fileio import write_text
+from .fileio import read_csv, read_json, write_text
 from .measure import LATENCY_JSON, model_gflops, model_latency
 from .metrics import Sweep, confusion, scores
 from .version import __version__
@@ -84,8 +82,17 @@ class Case:
 
 
 def write_run_report(run_dir: str | Path, device: str = "auto") -> Path:
-    """(Re)write ``RUN_DIR/report.html`` from the run folder's files; returns its path."""
-    run_dir = Path(run_dir)
+    """(Re)write ``RUN_DIR/report.html`` from the run folder's files; returns its path. A file of
+    the folder edited into something else (a number that is not one, a missing column) is one
+    SegdistillError naming the folder, not a traceback."""
+    try:
+        return _write_run_report(Path(run_dir), device)
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise SegdistillError(f"{run_dir}: a file of the run folder is damaged or from another version "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def _write_run_report(run_dir: Path, device: str) -> Path:
     if not (run_dir / "config.yaml").is_file():
         raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml)")
     from .config import load_config
@@ -613,15 +620,8 @@ def model_rows(info: ModelInfo, cost: dict[str, Any], size: int) -> list[tuple[s
 # Reading the run folder: a missing file is None (its section says so), anything else raises.
 
 
-def _read_csv(path: Path) -> list[dict[str, str]] | None:
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+_read_csv = read_csv
+_read_json = read_json
 
 
 def _number(v: str) -> float | int | None:

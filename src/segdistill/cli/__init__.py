@@ -16,6 +16,7 @@ from ..errors import SegdistillError
 from ..version import __version__
 from .commands import _config_from_args as _config_from_args  # tests build configs as the CLI does
 from .commands import cmd_data_download, cmd_distill, cmd_train
+from .flags import OneLineParser
 from .parsers import PARSERS, Subcommands
 
 log = logging.getLogger("segdistill")
@@ -35,7 +36,7 @@ First steps:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segdistill", description=DESCRIPTION,
+    parser = OneLineParser(prog="segdistill", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"segdistill {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -58,6 +59,10 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
         close = difflib.get_close_matches(unknown.split("=")[0], flags, n=1) if unknown else []
         hint = f" (did you mean {close[0]}?)" if close else ""
         own.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    combination = getattr(args, "combination", None)  # flags.check_*: flags that make no sense together
+    problem = combination(args) if combination else None
+    if problem:
+        getattr(args, "parser", parser).error(problem)
     return args
 
 

@@ -20,6 +20,12 @@ __all__ = ["extract", "fetch", "is_archive_name", "part_path", "sha256_file"]
 log = logging.getLogger("segdistill")
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+MAX_EXPANSION = 100
+"""How many times its own size an archive may unpack to: images and masks barely compress (a data
+set's archive unpacks to 1-3x), a decompression bomb to thousands."""
+MIN_ALLOWANCE = 1 << 30
+"""Bytes any archive may unpack to, however small (text-heavy sets compress better than images)."""
+MAX_MEMBERS = 1_000_000
 
 
 def is_archive_name(name: str) -> bool:
@@ -43,8 +49,28 @@ def extract(archive: Path, into: Path) -> None:
         else:
             raise DataError(f"{archive.name}: not a zip or tar archive (the server may have sent a web page "
                             "instead; check the URL in a browser)")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma_error(), OSError, ValueError,
+            NotImplementedError) as e:
+        if isinstance(e, OSError) and e.filename:  # writing failed (disk full, permissions): not the archive's fault
+            raise
         raise DataError(f"{archive.name}: corrupt archive ({error_reason(e)})") from None
+
+
+def lzma_error() -> type[Exception]:
+    import lzma
+
+    return lzma.LZMAError
+
+
+def _check_sizes(archive: Path, sizes: list[int]) -> None:
+    """Refuse, before anything is written, an archive whose members declare more bytes than it may
+    unpack to (zipfile and tarfile never return more than a member declares)."""
+    if len(sizes) > MAX_MEMBERS:
+        raise DataError(f"{archive.name}: more than {MAX_MEMBERS} members; refusing to unpack it")
+    total, allowed = sum(sizes), max(MAX_EXPANSION * archive.stat().st_size, MIN_ALLOWANCE)
+    if any(s < 0 for s in sizes) or total > allowed:
+        raise DataError(f"{archive.name}: would unpack to {total} bytes from {archive.stat().st_size} (more than "
+                        f"{MAX_EXPANSION}x, a decompression bomb?); nothing was extracted")
 
 
 def _safe_target(archive: Path, into: Path, name: str) -> Path:
@@ -60,6 +86,7 @@ def _extract_zip(archive: Path, into: Path) -> None:
     with zipfile.ZipFile(archive) as zf:
         members = zf.infolist()
         targets = [_safe_target(archive, into, m.filename) for m in members]  # all checked before writing
+        _check_sizes(archive, [m.file_size for m in members])
         skipped = 0
         for m, target in zip(members, targets):
             kind = stat.S_IFMT(m.external_attr >> 16)
@@ -76,8 +103,13 @@ def _extract_zip(archive: Path, into: Path) -> None:
 
 def _extract_tar(archive: Path, into: Path) -> None:
     with tarfile.open(archive, "r:*") as tf:
-        members = tf.getmembers()
+        members = []
+        for m in tf:  # not getmembers(): a bomb of tiny members stops at the limit, not at memory's end
+            members.append(m)
+            if len(members) > MAX_MEMBERS:
+                break
         targets = [_safe_target(archive, into, m.name) for m in members]
+        _check_sizes(archive, [m.size for m in members if m.isfile()])
         skipped = 0
         for m, target in zip(members, targets):
             if m.isdir():

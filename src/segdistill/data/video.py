@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, SegdistillError
 from ..extras import require
-from ..fileio import atomic_path, write_json
+from ..fileio import atomic_path, read_json, write_json
 from .discovery import list_images
 from .imageio import is_image_file
 
@@ -88,7 +87,7 @@ class VideoReader:
             self._container = av.open(str(self.path))
         except FileNotFoundError:
             raise DataError(f"{self.path}: file not found") from None
-        except (av.error.FFmpegError, OSError, ValueError) as e:
+        except (av.error.FFmpegError, OSError, ValueError, MemoryError) as e:
             raise DataError(f"{self.path}: not a video file PyAV can read ({_reason(e)})") from None
         if not self._container.streams.video:
             self._container.close()
@@ -96,10 +95,17 @@ class VideoReader:
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # FFmpeg decodes on several threads
         s = self._stream
+        if s.codec_context is None:  # a stream FFmpeg found no decoder for (fuzzed .mkv headers)
+            self._container.close()
+            raise DataError(f"{self.path}: no decoder for its video stream (codec {getattr(s, 'codec_tag', '?')!r})")
         self.width, self.height = s.codec_context.width, s.codec_context.height
         if not self.width or not self.height:
             self._container.close()
             raise DataError(f"{self.path}: the video stream has no frame size")
+        if self.width * self.height > Image.MAX_IMAGE_PIXELS:  # checked before any frame is decoded
+            self._container.close()
+            raise DataError(f"{self.path}: video frames of {self.width}x{self.height} are larger than the "
+                            f"decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels); refusing to decode them")
         # Variable frame rates become their average: the output has one frame per input frame.
         self.rate: Fraction = Fraction(s.average_rate or s.guessed_rate or 25)
         duration = self._container.duration  # microseconds, where the container knows it
@@ -126,7 +132,7 @@ class VideoReader:
                 frame = next(frames)
             except StopIteration:
                 return
-            except (av.error.FFmpegError, OSError, ValueError) as e:
+            except (av.error.FFmpegError, OSError, ValueError, MemoryError) as e:
                 raise DataError(f"{self.path}: corrupt video, frame {index} cannot be decoded ({_reason(e)})") from None
             if (frame.width, frame.height) != (self.width, self.height):
                 raise DataError(f"{self.path}: frame {index} is {frame.width}x{frame.height}, the video "
@@ -184,7 +190,10 @@ def extract_frames(video: Path, folder: Path, stride: int, progress: bool = Fals
 
     marker = folder / ".frames.json"
     if marker.is_file():
-        done = json.loads(marker.read_text(encoding="utf-8"))
+        try:
+            done = read_json(marker)
+        except SegdistillError:
+            done = {}  # a damaged list: decode the frames again
         paths = [folder / name for name in done.get("frames", [])]
         if done.get("stride") == stride and paths and all(p.is_file() for p in paths):
             return paths

@@ -103,16 +103,41 @@ def read_keras_h5(path: Path) -> tuple[list[KerasLayer], dict[str, Any]]:
             layers = []
             for name in (_text(n) for n in group.attrs["layer_names"]):
                 for owner, names in _by_owner([_text(w) for w in group[name].attrs.get("weight_names", [])], name):
-                    weights = [np.asarray(group[name][w], dtype=np.float32) for w in names]
+                    weights = [_read_weight(path, group[name], w) for w in names]
                     layers.append(KerasLayer(owner, weights, configs.get(owner)))
             about = {"keras_version": _text(group.attrs.get("keras_version", f.attrs.get("keras_version", "?"))),
                      "backend": _text(group.attrs.get("backend", f.attrs.get("backend", "?"))),
                      "input_shape": _input_shape(configs)}
-    except (OSError, KeyError, ValueError, TypeError) as e:
-        raise ModelFileError(f"{path}: unreadable Keras model file ({type(e).__name__}: {e})") from None
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ModelFileError(f"{path}: unreadable Keras model file ({type(e).__name__}: {reason})") from None
     if not layers:
         raise ModelFileError(f"{path}: the Keras model file holds no weights")
     return layers, about
+
+
+MAX_WEIGHT_BYTES = 1 << 30
+"""The largest weight array an .h5 file may declare (1 GiB; the original U-Net's largest is 9 MB):
+a larger declared shape is refused before it is read."""
+
+
+def _read_weight(path: Path, group: Any, name: str) -> np.ndarray:
+    """One weight array, read only if it lives in this file: an external link, external storage or a
+    virtual dataset (data in other files) is refused, and so is a declared size over the limit."""
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise ModelFileError(f"{path}: weight {name!r} links to another file ({link.filename!r}); refusing to follow it")
+    data = group[name]
+    if not isinstance(data, h5py.Dataset):
+        raise ModelFileError(f"{path}: weight {name!r} is not an array")
+    if data.external or data.is_virtual:
+        raise ModelFileError(f"{path}: weight {name!r} keeps its data in other files; refusing to read them")
+    if data.dtype.kind not in "fiu" or int(np.prod(data.shape, dtype=np.float64)) * data.dtype.itemsize > MAX_WEIGHT_BYTES:
+        raise ModelFileError(f"{path}: weight {name!r} declares shape {data.shape} of {data.dtype}; refusing to read it "
+                             f"(numbers of at most {MAX_WEIGHT_BYTES} bytes expected)")
+    return np.asarray(data, dtype=np.float32)
 
 
 def _by_owner(weight_names: list[str], layer: str) -> list[tuple[str, list[str]]]:

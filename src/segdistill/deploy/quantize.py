@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_model
+from ..checkpoint import ONNX_PRECISION_KEY, load_model
 from ..data.discovery import collect_images
 from ..data.imageio import read_image, resize_for_model
 from ..errors import SegdistillError
-from ..inference.backends import ONNX_PRECISION_KEY, OnnxRuntimeBackend, pad_multiple
+from ..inference.backends import OnnxRuntimeBackend, pad_multiple
 from ..models.blocks import pad_to_multiple
 from .export import FORMATS, exported_bytes, onnx_bytes, write_exported
 

@@ -9,7 +9,6 @@ otherwise agreement with the teacher on a held-out fraction of the transfer imag
 from __future__ import annotations
 
 import copy
-import csv
 import logging
 import math
 import time
@@ -25,6 +24,7 @@ from ..checkpoint import ModelInfo, file_sha256, load_model
 from ..config import Config
 from ..distributed import is_distributed, sync_buffers
 from ..errors import ConfigError, TrainingError
+from ..fileio import read_csv
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..measure import count_params
 from ..metrics import SWEEP_THRESHOLDS
@@ -305,8 +305,7 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
-    path = run_dir / "history.csv"
-    return list(csv.DictReader(open(path, encoding="utf-8"))) if path.is_file() else []
+    return read_csv(run_dir / "history.csv") or []
 
 
 def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Module) -> KDLoss:

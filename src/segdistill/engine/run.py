@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from ..checkpoint import ModelInfo, load_state, save_model, save_state
 from ..config import Config, dump_config, load_config
 from ..distributed import broadcast_floats, is_main_process
 from ..errors import SegdistillError
-from ..fileio import remove_temporaries, write_json, write_text
+from ..fileio import read_json, remove_temporaries, write_json, write_text
 from ..metrics import predicts_nothing
 from ..report import plot_curves, write_csv
 from .clock import RunClock
@@ -131,7 +130,7 @@ def start_run(run_dir: Path, cfg: Config, plan: dict[str, Any] | None = None) ->
 def read_plan(run_dir: Path) -> dict[str, Any] | None:
     """The plan a run was started with (plan.json), for a resumed run's model file."""
     path = run_dir / "plan.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return read_json(path)
 
 
 def capture(epoch: int, parts: dict[str, Any], recorder: Recorder, clock: RunClock, **extra: Any) -> dict[str, Any]:

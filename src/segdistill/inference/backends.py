@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import EXPORTED_SUFFIXES, ModelInfo, exported_metadata, load_model
+from ..checkpoint import EXPORTED_SUFFIXES, ONNX_PRECISION_KEY, ModelInfo, exported_metadata, load_model
 from ..errors import ModelFileError, SegdistillError
 from ..extras import available, require
 from ..models.blocks import pad_to_multiple
@@ -37,7 +37,6 @@ from .graph import onnx_bytes, pad_multiple
 
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
-ONNX_PRECISION_KEY = "segdistill.precision"
 """ONNX metadata key naming an exported graph's precision ("int8" for a quantized export)."""
 
 
@@ -118,19 +117,33 @@ class OnnxRuntimeBackend(Backend):
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3  # its warnings about unused initialisers are not the user's concern
         source = model if isinstance(model, bytes) else str(model)
+        self.where = "the exported model" if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
-            where = "the exported model" if isinstance(model, bytes) else str(model)
-            raise ModelFileError(f"{where}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
+            raise ModelFileError(f"{self.where}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.multiple = multiple
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         padded, _, _ = pad_to_multiple(x.detach().float().cpu(), self.multiple)
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(padded.numpy())})[0]
-        return torch.from_numpy(out[..., :h, :w].copy())
+        try:
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(padded.numpy())})[0]
+        except Exception as e:  # onnxruntime's untyped errors: a graph that loads but cannot run this input
+            raise ModelFileError(f"{self.where}: ONNX Runtime cannot run it on a {tuple(padded.shape)} batch "
+                                 f"({str(e).splitlines()[0][:200]})") from None
+        return torch.from_numpy(logits_of(out, padded.shape, self.where)[..., :h, :w].copy())
+
+
+def logits_of(out: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A graph's output checked to be one logit map per input, (B, 1, H, W) of the (padded) input:
+    an ONNX file edited into another shape is refused rather than cropped into a wrong mask."""
+    b, _, h, w = shape
+    if tuple(out.shape) != (b, 1, h, w):
+        raise ModelFileError(f"{where}: the graph returns shape {tuple(out.shape)} for input {tuple(shape)}; "
+                             f"expected {(b, 1, h, w)} (not a segdistill segmentation export?)")
+    return out
 
 
 class OpenVinoBackend(Backend):
@@ -171,8 +184,8 @@ class OpenVinoBackend(Backend):
         h, w = x.shape[-2:]
         padded, _, _ = pad_to_multiple(x.detach().float().cpu(), self.multiple)
         arr = np.ascontiguousarray(padded.numpy())
-        out = self._compiled(arr.shape)(arr)[0]
-        return torch.from_numpy(np.asarray(out)[..., :h, :w].copy())
+        out = np.asarray(self._compiled(arr.shape)(arr)[0])
+        return torch.from_numpy(logits_of(out, arr.shape, "the ONNX graph")[..., :h, :w].copy())
 
 
 def import_openvino():

@@ -11,7 +11,6 @@ choice is never slower than it. The result is cached per (model file, machine, i
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..errors import SegdistillError
-from ..fileio import cache_root, write_json
+from ..fileio import cache_root, read_json, write_json
 from ..measure import Timing, choose, time_backends
 from ..remote import local_model
 from ..runtime import cpu_description, select_device, use_channels_last
@@ -80,10 +79,9 @@ def cache_key(path: Path, size: tuple[int, int], batch: int = 1) -> str:
 
 
 def _read_cache() -> dict[str, Any]:
-    f = cache_root() / "backends.json"
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json(cache_root() / "backends.json") or {}
+    except (OSError, SegdistillError):
         return {}  # none yet, or unreadable: measure again
 
 

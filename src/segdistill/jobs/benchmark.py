@@ -24,7 +24,7 @@ import torch
 
 from ..checkpoint import ModelInfo, read_model_info
 from ..errors import SegdistillError
-from ..fileio import write_json
+from ..fileio import atomic_path, write_json
 from ..inference.backends import Choice, candidates, is_ir, is_onnx, onnx_precision
 from ..inference.choose import cache_key, remember
 from ..measure import (
@@ -172,7 +172,8 @@ def benchmark_run(run_dir: str | Path, backend: str = "all", size: list[int] | N
     rows = benchmark_models(list(models), backend, size, batch_sizes, runs, run_dir / SPEED_JSON,
                             str(data) if data else None, extra={"labels": models}, record=run_dir / LATENCY_JSON)
     if json_out:
-        shutil.copyfile(run_dir / SPEED_JSON, json_out)
+        with atomic_path(json_out) as tmp:  # a copy is written like every output: whole or not at all
+            shutil.copyfile(run_dir / SPEED_JSON, tmp)
     log.info("report with the speed section: %s", write_run_report(run_dir))
     return rows
 

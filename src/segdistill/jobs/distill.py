@@ -3,7 +3,6 @@ student first (engine/search/) and then the winner's distillation; resumes eithe
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from ..engine.distill import DistillResult, distill_student, student_config
 from ..engine.planning import plan_student
 from ..engine.run import complete_message, open_run, read_plan
 from ..engine.search.orchestrate import search_student
+from ..fileio import check_writable, read_json
 from ..remote import is_url, local_model
 from ..runtime import select_device, set_threads
 
@@ -30,10 +30,12 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     see the module docstring. ``started``: as in ``fit``. With ``distill.search`` the student is
     searched for first, and the winner distilled (engine/search/)."""
     started = time.monotonic() if started is None else started
-    cfg, run_dir, state = open_run(None if resume else as_config(cfg, "distill"), resume, overwrite)
+    if not resume:
+        cfg = as_config(cfg, "distill")
+        check_writable(cfg.output_dir, "run folder")  # before the teacher or any image is read
+    cfg, run_dir, state = open_run(None if resume else cfg, resume, overwrite)
     done = complete_message(cfg, run_dir, state)
-    report_path = run_dir / "distill_report.json"
-    report = json.loads(report_path.read_text(encoding="utf-8")) if done and report_path.is_file() else {}
+    report = (read_json(run_dir / "distill_report.json") if done else None) or {}
     # Without the report of these epochs (killed after the last one), the resume writes it.
     if (done is not None and state is not None and report.get("epochs") == len(state.get("history", []))
             and (not cfg.distill.search or "search" in report)):  # a search's report ends with the search

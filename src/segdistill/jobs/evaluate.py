@@ -15,7 +15,7 @@ from ..config import load_config
 from ..data.dataset import Item, SegDataset
 from ..engine.evaluate import EvalResult, evaluate, evaluation_pairs, training_split
 from ..errors import SegdistillError
-from ..fileio import write_json
+from ..fileio import check_writable, write_json
 from ..html_report import write_eval_report
 from ..inference.backends import is_onnx
 from ..inference.choose import MEASURE_IMAGES, open_backend
@@ -110,6 +110,8 @@ def run_evaluate(model: str, data: str, config: str | None = None, overrides: li
     """The evaluate command: settings from ``config`` (device, threads, predict.threshold) unless
     given; ``options`` as in :func:`evaluate_model`."""
     cfg = load_config(config, list(overrides))
+    out = options.get("out")
+    check_writable(Path(out).parent if out else Path(model).parent, "evaluation")
     set_threads(threads or cfg.threads)
     return evaluate_model(model, data, threshold=threshold if threshold is not None else cfg.predict.threshold,
                           device=device or cfg.device, **options)

@@ -3,8 +3,11 @@ images), checked against PyTorch before it is declared written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import ConfigError
 from ..deploy.export import export_onnx
+from ..fileio import check_writable
 from ..runtime import set_threads
 
 
@@ -12,6 +15,7 @@ def export(model: str, out: str | None = None, check: str | None = None, int8: b
            calibrate: str | None = None, calibration_images: int = 32, threads: int | str | None = None,
            fmt: str = "onnx") -> None:
     """Export ``model`` (beside it by default) and print what was written and how it was checked."""
+    check_writable(Path(out).parent if out else Path(model).parent, "export")
     set_threads(threads or "auto")
     if int8:
         from ..deploy.quantize import export_int8  # onnxruntime's quantizer, only for int8

@@ -15,7 +15,7 @@ from ..config import ConfigError, load_config
 from ..data.video import is_video_file
 from ..distributed import decided_by_main_process, gather_objects, is_main_process, process_group, rank, shard
 from ..errors import SegdistillError
-from ..fileio import atomic_path, is_temporary
+from ..fileio import atomic_path, check_writable, is_temporary
 from ..inference.choose import MEASURE_IMAGES
 from ..inference.predictor import Predictor, overlay
 from ..inference.sources import collect_inputs, inside, output_names, safe_relative_name
@@ -149,7 +149,8 @@ def _write_predictions(
         bar.update(1)
         if prob is None:
             failed.append(item.error or str(item.path))
-            log.error("skipped %s", item.error)
+            if len(failed) > 1:  # the first is the summary's own line (one line when one file fails)
+                log.error("skipped %s", item.error)
             continue
         name = names[item.path]
         mask = prob > predictor.threshold
@@ -192,6 +193,7 @@ def run_predict(model: str, sources: list[str], config: str | None = None, overr
     """The predict command: masks of ``sources`` into ``out/NAME``; prints what it wrote. Returns
     the exit status (1 when a file could not be read)."""
     cfg = load_config(config, list(overrides))
+    check_writable(out or cfg.predict.output_dir)  # before the model is loaded or an image read
     set_threads(threads or cfg.threads)
     p = cfg.predict
     recursive = recursive or p.recursive
@@ -213,6 +215,8 @@ def run_predict(model: str, sources: list[str], config: str | None = None, overr
         )
     if is_main_process():
         _print_summary(summary)
+        if not summary.written and not summary.videos and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # nothing could be read: leave no empty folder behind
     return 1 if summary.failed else 0
 
 

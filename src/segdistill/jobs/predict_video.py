@@ -95,7 +95,8 @@ def predict_videos(predictor: Predictor, videos: list[Path], names: dict[Path, P
             n, f = predict_video(predictor, path, out_dir, names[path], batch_size, save_probs, save_overlay, save_frames)
         except DataError as e:
             failed.append(str(e))
-            log.error("skipped %s", e)
+            if len(failed) > 1:  # the first is the summary's own line
+                log.error("skipped %s", e)
             continue
         written, frames, fg = written + 1, frames + n, fg + f
     return written, frames, fg, failed

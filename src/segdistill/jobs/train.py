@@ -9,11 +9,13 @@ from ..data.check import check_data
 from ..distributed import is_main_process
 from ..engine.train import fit
 from ..errors import SegdistillError
+from ..fileio import check_writable
 
 
 def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, started: float | None = None) -> Path:
     """Train ``cfg`` into a new run folder (``overwrite``: reuse runs/NAME), after the data check
     unless ``skip_check``; prints and returns the folder."""
+    check_writable(cfg.output_dir, "run folder")  # before the data check reads every image
     if not skip_check:
         report = check_data(cfg.data, cfg.seed)
         if not report.ok:

@@ -132,15 +132,16 @@ class _InvertedResidual(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite without its classifier head: stem (32 channels, fixed), seven stages."""
+    """EfficientNet-Lite without its classifier head: stem (32 channels, fixed), seven stages; with
+    ``depth`` < 5 only the stages up to the stride ``2**depth`` feature."""
 
-    def __init__(self, info: EncoderInfo, in_channels: int = 3) -> None:
+    def __init__(self, info: EncoderInfo, in_channels: int = 3, depth: int = 5) -> None:
         super().__init__()
         self.stem_pad = TFSamePad(3)
         self.conv_stem, self.bn1 = _conv(in_channels, 32, 3, 2), nn.BatchNorm2d(32, eps=BN_EPS_TF)
         self.act = nn.ReLU6(inplace=True)
         stages, cin = [], 32
-        for i, (repeats, k, stride, expand, cout) in enumerate(_LITE_STAGES):
+        for i, (repeats, k, stride, expand, cout) in enumerate(_LITE_STAGES[: _LITE_TAPS[depth - 1] + 1]):
             cout = _round_width(cout, info.width)
             # Lite keeps the first and last stage's repeats (its "fix_head_stem"); the rest scale.
             n = repeats if i in (0, len(_LITE_STAGES) - 1) else int(math.ceil(repeats * info.depth))
@@ -159,7 +160,12 @@ class EfficientNetLite(nn.Module):
             x = stage(x)
             if i in _LITE_TAPS:
                 feats.append(x)
-        return feats  # strides 2, 4, 8, 16, 32
+        return feats  # strides 2, 4, 8, 16, 32 (up to 2**depth)
+
+    def dropped_prefixes(self) -> tuple[str, ...]:
+        """Parameter-name prefixes of the full encoder's stages this one leaves out (a cut encoder
+        takes the pretrained weights of the stages it keeps)."""
+        return tuple(f"blocks.{i}." for i in range(len(self.blocks), len(_LITE_STAGES)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -182,15 +188,17 @@ class _Basic(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet-18/34 without pooling head and classifier (torchvision's parameter names)."""
+    """ResNet-18/34 without pooling head and classifier (torchvision's parameter names); with
+    ``depth`` < 5 only the layers up to the stride ``2**depth`` feature."""
 
-    def __init__(self, info: EncoderInfo, in_channels: int = 3) -> None:
+    def __init__(self, info: EncoderInfo, in_channels: int = 3, depth: int = 5) -> None:
         super().__init__()
         self.conv1, self.bn1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = 64
-        for i, (n, cout) in enumerate(zip(info.blocks, (64, 128, 256, 512))):
+        self.layers = [f"layer{i + 1}" for i in range(depth - 1)]
+        for i, (n, cout) in enumerate(zip(info.blocks[: depth - 1], (64, 128, 256, 512))):
             layer = nn.Sequential(*(_Basic(cin if j == 0 else cout, cout, 2 if (j == 0 and i > 0) else 1) for j in range(n)))
             self.add_module(f"layer{i + 1}", layer)
             cin = cout
@@ -199,12 +207,18 @@ class ResNet(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))  # (B, 64, H/2, W/2)
         feats = [x]
         x = self.maxpool(x)
-        for name in ("layer1", "layer2", "layer3", "layer4"):
+        for name in self.layers:
             x = getattr(self, name)(x)
             feats.append(x)
-        return feats  # strides 2, 4, 8, 16, 32
+        return feats  # strides 2, 4, 8, 16, 32 (up to 2**depth)
+
+    def dropped_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"layer{i}." for i in range(len(self.layers) + 1, 5))
 
 
-def build_encoder(name: str, in_channels: int = 3) -> nn.Module:
+def build_encoder(name: str, in_channels: int = 3, depth: int = 5) -> nn.Module:
+    """The encoder ``name`` with its first ``depth`` features (strides 2 to ``2**depth``; 3 to 5)."""
+    if depth not in (3, 4, 5):
+        raise ValueError(f"encoder depth must be 3, 4 or 5 (features down to stride 8, 16 or 32), not {depth}")
     info = encoder_info(name)
-    return (EfficientNetLite if info.family == "efficientnet_lite" else ResNet)(info, in_channels)
+    return (EfficientNetLite if info.family == "efficientnet_lite" else ResNet)(info, in_channels, depth)

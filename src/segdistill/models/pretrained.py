@@ -128,13 +128,16 @@ def _lite_flat_names(encoder: nn.Module) -> dict[str, str]:
 
 
 def fit_weights(encoder: nn.Module, name: str, tensors: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """``tensors`` renamed and shaped for ``encoder`` (classifier head dropped, the first
-    convolution summed over its colour channels for a gray input); raises naming the first tensor
-    that differs."""
+    """``tensors`` renamed and shaped for ``encoder`` (classifier head dropped, the stages a cut
+    encoder leaves out dropped, the first convolution summed over its colour channels for a gray
+    input); raises naming the first tensor that differs."""
+    cut_stages = tuple(getattr(encoder, "dropped_prefixes", tuple)())
+    dropped = _HEAD_KEYS + cut_stages
     if any(k.startswith("_blocks.") for k in tensors):
         names = _lite_flat_names(encoder)
-        tensors = {names.get(k, k): v for k, v in tensors.items()}
-    tensors = {k.removeprefix("module."): v for k, v in tensors.items() if not k.removeprefix("module.").startswith(_HEAD_KEYS)}
+        # the flat blocks past a cut encoder's last stage have no name here
+        tensors = {names.get(k, k): v for k, v in tensors.items() if not (cut_stages and k.startswith("_blocks.") and k not in names)}
+    tensors = {k.removeprefix("module."): v for k, v in tensors.items() if not k.removeprefix("module.").startswith(dropped)}
     own = encoder.state_dict()
     first_conv = next(iter(own))
     if first_conv in tensors and own[first_conv].shape[1] == 1 and tensors[first_conv].shape[1] == 3:

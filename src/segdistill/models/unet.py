@@ -55,9 +55,9 @@ def input_multiple(args: Mapping[str, Any]) -> int:
     down-sampling, ``2**depth`` times the stem's factor. The one place this rule lives (the model's
     own padding, the inference backends and the ONNX export's dynamic dimensions all ask here);
     arguments without ``depth`` (no registered model) count as depth 4; an encoder U-Net's is its
-    encoder's 32 at its working scale."""
+    encoder's total stride (32, or 16 for a cut encoder) at its working scale."""
     if "encoder" in args:
-        return encoder_multiple(float(args.get("input_scale", 1.0)))
+        return encoder_multiple(float(args.get("input_scale", 1.0)), int(args.get("depth", 5)))
     stem = str(args.get("stem", "none"))
     if stem not in STEM_SCALE:
         raise ValueError(f"unknown stem '{stem}' ({', '.join(STEM_SCALE)})")

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ...fileio import write_json
+from ...errors import SegdistillError
+from ...fileio import read_json, write_json
 from .. import clock
 from .rules import Score, cost_ratio
 
@@ -28,7 +28,10 @@ class Book:
             for name in ("search.json", "search.md", "search_pareto.png"):
                 (run_dir / name).unlink(missing_ok=True)
             shutil.rmtree(run_dir / "search", ignore_errors=True)
-        return cls(run_dir, json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"runs": []})
+        data = read_json(path) or {"runs": []}
+        if not isinstance(data.get("runs"), list):
+            raise SegdistillError(f"{path}: not a search record (no list of runs); delete it to start the search afresh")
+        return cls(run_dir, data)
 
     @property
     def spent(self) -> float:

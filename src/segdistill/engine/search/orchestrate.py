@@ -1,10 +1,13 @@
 """Finding the student: ``distill --search keep=0.97`` or ``--search latency=8ms``.
 
 The search tries students of the ``unet`` family (width, depth and, where the model has them, the
-``stem``/``block`` designs) by successive halving on the teacher's cached targets, which makes every
+``stem``/``block`` designs) and, for a teacher on a pretrained encoder (photos), pretrained
+``encoder_unet`` students (the encoder cut at each depth, at half and three-quarter resolution),
+by successive halving on the teacher's cached targets, which makes every
 further short distillation free of teacher work:
 
-1. The grid: every width x depth x design with 2x to 1000x fewer parameters than the teacher, each
+1. The grid: every width x depth x design with 2x to 1000x fewer parameters than the teacher (and
+   the encoder students, whatever their parameters), each
    timed once (torch) at the working size. The configured student (``distill.student``) is always a
    candidate: its first short distillation times an epoch, which sets the default budget (about
    twice one full distillation) and how many candidates the budget affords.
@@ -40,6 +43,7 @@ import torch
 from ... import html_report
 from ...checkpoint import ModelInfo, read_model_info
 from ...config import Config, ModelConfig
+from ...data.plan import PHOTO_ENCODER
 from ...distributed import is_distributed
 from ...errors import ConfigError
 from ...inference.backends import Choice
@@ -59,11 +63,13 @@ from .rules import (
     MAX_LATENCY_SHARE,
     SHRINK,
     Objective,
+    candidate_arch,
     candidate_grid,
     candidate_name,
     cost_ratio,
     default_budget_s,
     design_name,
+    encoder_grid,
     fast_enough,
     favour,
     first_epochs,
@@ -146,10 +152,14 @@ def _grid(cfg: Config, book: Book) -> None:
         params = count_params(create_model("unet", in_channels=ch, **args))
         if i == 0 or teacher_params / SHRINK[1] <= params <= teacher_params / SHRINK[0]:
             grid.append({"name": candidate_name(args), "args": args, "params": params})
-    log.info("search %s: %d students of the unet family considered (%s-%s parameters, the teacher has %s); timing "
+    if "encoder" in tinfo.args:  # a teacher on a pretrained encoder (photos): pretrained students join the grid
+        for args in encoder_grid(PHOTO_ENCODER):  # latency, not parameters, sets them apart: no parameter band
+            grid.append({"name": candidate_name(args), "args": args,
+                         "params": count_params(create_model("encoder_unet", in_channels=ch, **args))})
+    log.info("search %s: %d students considered (%s-%s parameters, the teacher has %s); timing "
              "each at %dx%d (%s) ...", cfg.distill.search, len(grid), format_params(min(g["params"] for g in grid)),
              format_params(max(g["params"] for g in grid)), format_params(teacher_params), *size, size_from)
-    quick = _latencies([(g["name"], "unet", {"in_channels": ch, **g["args"]}) for g in grid]
+    quick = _latencies([(g["name"], candidate_arch(g["args"]), {"in_channels": ch, **g["args"]}) for g in grid]
                        + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, [Choice("torch", "fp32", True)], runs=3)
     for g in grid:
         g.update(quick[g["name"]])
@@ -223,7 +233,7 @@ def _plan(cfg: Config, book: Book, objective: Objective) -> None:
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
     ch, size = tinfo.preprocess.in_channels, tuple(d["size"])
     log.info("timing the %d candidates and the teacher on %s ...", len(chosen), ", ".join(c.label() for c in _latency_choices()))
-    d["latency"] = _latencies([(c, "unet", {"in_channels": ch, **grid[c]["args"]}) for c in chosen]
+    d["latency"] = _latencies([(c, candidate_arch(grid[c]["args"]), {"in_channels": ch, **grid[c]["args"]}) for c in chosen]
                               + [("teacher", tinfo.arch, tinfo.args)], tinfo, size, _latency_choices(),  # type: ignore[arg-type]
                               record=book.path.parent / LATENCY_JSON)
     d["teacher"].update(latency_ms=d["latency"]["teacher"]["latency_ms"], backend=d["latency"]["teacher"]["backend"])
@@ -314,7 +324,7 @@ def _run(cfg: Config, book: Book, run_dir: Path, name: str, rung: int, epochs: i
 
 def _candidate_config(cfg: Config, args: dict[str, Any], epochs: int, sub: Path) -> Config:
     c = copy.deepcopy(cfg)
-    c.distill.student = ModelConfig("unet", dict(args))
+    c.distill.student = ModelConfig(candidate_arch(args), dict(args), cfg.distill.student.pretrained)
     c.distill.search = c.distill.search_budget = None  # a candidate's folder holds a plain distillation
     c.distill.baseline = False
     c.train.epochs, c.train.time_budget = epochs, None
@@ -391,7 +401,7 @@ def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: t
             log.info("search: %s is left of the budget, less than %d epochs of %s take: its distillation is fitted to it",
                      format_duration(left), full, w["name"])
     wcfg = copy.deepcopy(cfg)
-    wcfg.distill.student = ModelConfig("unet", dict(w["args"]))
+    wcfg.distill.student = ModelConfig(candidate_arch(w["args"]), dict(w["args"]), cfg.distill.student.pretrained)
     wcfg.train.time_budget = d["final"]["time_budget_min"]
     tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
     torch.manual_seed(0)

@@ -116,14 +116,26 @@ def pick_winner(scores: list[Score], objective: Objective, reference_iou: float)
 
 
 def candidate_name(args: dict[str, Any]) -> str:
-    """``b4d3``; ``-us`` with the space-to-depth stem (``-us4`` by 4), ``-dw`` with depthwise-separable blocks."""
+    """``b4d3``; ``-us`` with the space-to-depth stem (``-us4`` by 4), ``-dw`` with depthwise-separable
+    blocks; an encoder student ``lite0-d4-x50`` (encoder, depth, input scale in percent)."""
+    if "encoder" in args:
+        short = str(args["encoder"]).replace("efficientnet_", "")
+        return f"{short}-d{args.get('depth', 5)}-x{round(100 * float(args.get('input_scale', 1.0)))}"
     stem = str(args.get("stem", "none"))
     return (f"b{args.get('base', 32)}d{args.get('depth', 4)}" + {"none": "", "unshuffle": "-us"}.get(stem, "-us" + stem[9:])
             + ("-dw" if args.get("block", "conv") != "conv" else ""))
 
 
+def candidate_arch(args: dict[str, Any]) -> str:
+    """The registered model a candidate's arguments are for."""
+    return "encoder_unet" if "encoder" in args else "unet"
+
+
 def design_name(args: dict[str, Any]) -> str:
-    """The block/stem design of ``args``: plain, us, us4, dw or us-dw (as in :func:`candidate_name`)."""
+    """The block/stem design of ``args``: plain, us, us4, dw or us-dw (as in :func:`candidate_name`),
+    or the encoder's name."""
+    if "encoder" in args:
+        return str(args["encoder"]).replace("efficientnet_", "")
     return candidate_name({**args, "base": 0, "depth": 0})[4:].lstrip("-") or "plain"
 
 
@@ -159,6 +171,21 @@ def candidate_grid(reference: dict[str, Any], signature: Collection[str]) -> lis
                     names.add(candidate_name(args))
                     grid.append(args)
     return grid
+
+
+ENCODER_DEPTHS = (3, 4, 5)
+ENCODER_SCALES = (0.5, 0.75)
+ENCODER_DECODER = (48, 24, 16, 12, 8)
+"""The encoder students' decoder widths at strides 16 .. 1 (a cut encoder takes the shallow end)."""
+
+
+def encoder_grid(encoder: str) -> list[dict[str, Any]]:
+    """Pretrained students for a teacher on a pretrained encoder (photos): ``encoder`` cut at each
+    depth, at half and three-quarter resolution, under the thin depthwise-separable decoder. Their
+    ImageNet start is what keeps a small student accurate on photos (docs/distillation.md); their
+    depth and scale set the speed."""
+    return [{"encoder": encoder, "depth": depth, "decoder": list(ENCODER_DECODER[5 - depth:]), "block": "dwsep",
+             "input_scale": scale} for depth in ENCODER_DEPTHS for scale in ENCODER_SCALES]
 
 
 def spread(points: dict[str, tuple[float, ...]], n: int, first: list[str]) -> list[str]:
