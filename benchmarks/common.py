@@ -16,7 +16,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from segdistill.report import format_table  # noqa: E402
+from segdistill.reports.tables import format_table  # noqa: E402
 from segdistill.runtime import cpu_description  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"

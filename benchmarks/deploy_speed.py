@@ -127,7 +127,7 @@ def print_students(doc: dict[str, Any], rounds: int) -> list[dict[str, Any]]:
     """The student table of a run (its results: models, int8), with every model's fastest way to
     run (any precision, and fp32 only) and the plain reference in eager fp32 timed again
     interleaved (``rounds``; 0: the benchmark's own timings)."""
-    from segdistill.report import format_table
+    from segdistill.reports.tables import format_table
 
     rows = doc["models"] + doc.get("int8", [])
     models = list(dict.fromkeys(r["model"] for r in doc["models"]))

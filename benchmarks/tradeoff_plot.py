@@ -15,7 +15,7 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts src/ on the path)
 
-from segdistill.report import tradeoff_figure
+from segdistill.reports.plots import tradeoff_figure
 
 
 def label(model: str) -> str:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("version", "errors", "extras", "remote", "recipes", "config", "metrics", "failpoints", "fileio", "distributed", "runtime",
               "losses", "typed", "catalogue")),
     ("data, models", ("data", "models", "checkpoint")),
-    ("engine, inference", ("engine", "inference", "deploy", "measure", "report", "html_report")),
+    ("engine, inference", ("engine", "inference", "deploy", "measure", "reports")),
     ("jobs", ("jobs",)),
     ("cli", ("cli", "__main__", "")),  # "": the package face, segdistill/__init__.py
 ]
@@ -28,9 +28,9 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Offenders still to split (issue 29). This list only shrinks: a module or function that grows
 # past the limit, or a new one, fails; one that falls under it must be taken off the list.
-LONG_MODULES = {"data.standard", "html_report"}
+LONG_MODULES = {"data.standard"}
 LONG_FUNCTIONS = {
-    "data.plan.make_plan", "engine.distill.distill_student",
+    "data.plan.make_plan",
     "engine.evaluate.evaluate",
 }
 

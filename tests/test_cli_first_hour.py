@@ -12,7 +12,7 @@ import pytest
 from segdistill.cli import main
 from segdistill.config import load_config
 from segdistill.data.discovery import discover
-from segdistill.engine.distill_report import two_digits
+from segdistill.reports.distill import two_digits
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
@@ -216,7 +216,7 @@ def test_fit_and_distill_take_a_dict(synth_dir, tiny_model, tmp_path):
 def test_curves_show_one_epoch_and_whole_epoch_ticks():
     import matplotlib.pyplot as plt
 
-    from segdistill.report import curves_figure
+    from segdistill.reports.plots import curves_figure
 
     row = {"train_loss": 0.5, "val_loss": 0.6, "val_iou": 0.3, "val_dice": 0.4}
     fig = curves_figure([{"epoch": 1, **row}], "t1: unet")

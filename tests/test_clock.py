@@ -92,18 +92,19 @@ def test_without_budget_the_plan_is_train_epochs(monkeypatch):
 def test_train_fits_epochs_and_schedule_to_the_budget(synth_dir, tmp_path, monkeypatch, caplog):
     from segdistill.engine.train import fit
 
-    # Every reading of the clock moves it 10 s: creation at 10 s, epoch k ends at 10 (k + 1) s.
-    # A 1-minute budget keeps 6.2 s margin: after epoch 1 (20 s spent) 3 more epochs of 10 s fit.
+    # Every reading of the clock moves it 10 s: creation at 10 s; an epoch reads it at its start and
+    # at its end, so epoch k ends at 10 + 20 k s. A 2-minute budget keeps 7.4 s margin: after epoch 1
+    # (30 s spent, 20 s per epoch) 4 more fit (82.6 s left); after epoch 2 still 5 in all.
     monkeypatch.setattr(clock_mod, "_now", FakeClock(step=10.0))
     cfg = load_config(None, [f"data.root={synth_dir}", f"output_dir={tmp_path}", "name=b", "train.epochs=30",
-                             "train.time_budget=1", "train.batch_size=4", "train.input_size=32",
+                             "train.time_budget=2", "train.tta=1", "train.batch_size=4", "train.input_size=32",
                              "model.args={base: 4, depth: 2}", "train.samples_per_epoch=8", "train.warmup_epochs=0"])
     with caplog.at_level("INFO", logger="segdistill"):
         result = fit(cfg, started=0.0)
     rows = list(csv.DictReader(open(result.run_dir / "history.csv")))
-    assert len(rows) == 4
+    assert len(rows) == 5
     assert float(rows[-1]["lr"]) == pytest.approx(cfg.train.min_lr, rel=1e-3)  # the schedule ended with the plan
-    assert "time budget 1m00s" in caplog.text and "-> 4 epochs fit" in caplog.text
+    assert "time budget 2m00s" in caplog.text and "-> 5 epochs fit" in caplog.text
     assert "expected duration" in caplog.text
 
 
@@ -147,21 +148,32 @@ def test_auto_threads_leaves_out_busy_cores(monkeypatch):
     assert runtime.auto_threads() == (3, "OMP_NUM_THREADS")
 
 
-def test_a_stalled_epoch_lowers_the_threads(monkeypatch, caplog):
+def test_a_stalled_epoch_is_reported_and_the_job_lowers_the_threads(monkeypatch, caplog):
+    from segdistill.jobs import threads as job_threads
+
     before = torch.get_num_threads()
     fake = FakeClock(step=0.0)
     monkeypatch.setattr(clock_mod, "_now", fake)
-    monkeypatch.setattr(clock_mod, "auto_threads", lambda: (1, "2 available cores, 1.0 busy with other processes"))
+    monkeypatch.setattr(job_threads, "auto_threads", lambda: (1, "2 available cores, 1.0 busy with other processes"))
+    stalls: list[tuple[int, float, float]] = []
     try:
         torch.set_num_threads(2)
-        clock = RunClock(epochs=10, started=0.0, auto_threads=True)
+        # The clock only reports: with no handler a stall changes nothing.
+        clock = RunClock(epochs=10, started=0.0, on_stall=lambda *a: stalls.append(a))
         for e, seconds in enumerate([2.0, 1.0, 1.1, 0.9, 1.0], start=1):
             fake.t += seconds
             clock.end_epoch(e, None)
-        assert torch.get_num_threads() == 2  # usual epochs change nothing
+        assert stalls == [] and torch.get_num_threads() == 2  # usual epochs report nothing
         fake.t += 50.0
+        clock.end_epoch(6, None)
+        assert stalls == [(6, 50.0, 1.0)]  # epoch, its seconds, the median of the usual ones
+        # The job's choice for threads: auto: fewer threads; a number the user set: none.
+        assert job_threads.start_threads(2) is None and torch.get_num_threads() == 2
+        handler = job_threads.start_threads("auto")
+        assert handler is job_threads.fewer_threads_when_busy
+        torch.set_num_threads(2)
         with caplog.at_level("WARNING", logger="segdistill"):
-            clock.end_epoch(6, None)
+            handler(6, 50.0, 1.0)
         assert torch.get_num_threads() == 1
         assert "other processes are using the CPU" in caplog.text
     finally:

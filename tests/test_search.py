@@ -9,7 +9,6 @@ import shutil
 import pytest
 import torch
 
-from segdistill import html_report
 from segdistill.checkpoint import load_model, read_model_info
 from segdistill.cli import main
 from segdistill.config import ConfigError, load_config, parse_search
@@ -33,6 +32,7 @@ from segdistill.engine.search import (
     spread,
 )
 from segdistill.inference.backends import Choice
+from segdistill.jobs import distill as distill_job
 from segdistill.measure import count_params
 from segdistill.models.unet import UNet
 
@@ -226,9 +226,9 @@ def test_search_end_to_end_without_teacher_passes_after_the_cache(teacher, synth
         if isinstance(module, UNet) and module.head.weight.shape == head.shape and torch.equal(module.head.weight.detach().cpu(), head):
             (shown if in_report else calls).append(1)
 
-    # report.html (html_report.py) shows the winner's best and worst images predicted again, by the
+    # report.html (jobs/report.py) shows the winner's best and worst images predicted again, by the
     # teacher too: those display passes are counted apart.
-    real_report = html_report.write_run_report
+    real_report = distill_job.run_report
 
     def report_html(*args, **kwargs):
         in_report.append(1)
@@ -237,7 +237,7 @@ def test_search_end_to_end_without_teacher_passes_after_the_cache(teacher, synth
         finally:
             in_report.pop()
 
-    monkeypatch.setattr(html_report, "write_run_report", report_html)
+    monkeypatch.setattr(distill_job, "run_report", report_html)
     handle = torch.nn.modules.module.register_module_forward_hook(count_teacher)
     try:
         run, d, report = _search(teacher, synth_dir, tmp_path, "s", "keep=0.9", "--baseline", "--search-budget", "600")

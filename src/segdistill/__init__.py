@@ -23,6 +23,7 @@ _EXPORTS = {
     "Predictor": "inference.predictor",
     "create_model": "models", "list_models": "models", "register_model": "models",
     "set_threads": "runtime",
+    "run_report": "jobs.report",
 }
 
 __all__ = sorted([*_EXPORTS, "STARTED", "__version__"])

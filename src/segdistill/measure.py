@@ -321,6 +321,14 @@ def model_latency(info: ModelInfo, size: tuple[int, int], record: Path | None = 
     return lat
 
 
+def model_cost(info: ModelInfo, size: int, record: Path | None = None) -> dict[str, Any]:
+    """Parameters, GFLOPs and latency (:func:`model_latency`: the run folder's ``record`` where it
+    holds one) of a model at ``size`` x ``size``, as a model card states them."""
+    params, gflops = model_gflops(info, (size, size))
+    lat = model_latency(info, (size, size), record)
+    return {"params": params, "gflops": gflops, "cpu_ms": lat.ms, "how": lat.describe()}
+
+
 def recorded_size(record: Path) -> tuple[int, int] | None:
     """The (h, w) a run folder's latency record was measured at (its figures share one size)."""
     sizes = [tuple(v["size"]) for v in _read(record).values() if isinstance(v, dict) and "size" in v]

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import torch
-
-from ..runtime import auto_threads
-
 log = logging.getLogger("segdistill")
+
+StallHandler = Callable[[int, float, float], None]
+"""What a job does when an epoch stalls: called with (epoch, seconds, the usual seconds)."""
 
 _now = time.monotonic  # the clock, replaceable by a fake one in tests
 
@@ -56,14 +56,15 @@ class RunClock:
         started: ``time.monotonic()`` when the run started; the budget counts from there.
         final_views: forward passes per image of the final evaluation (test-time views), reserved
             from the budget at the measured validation time.
-        auto_threads: ``threads: auto``; a stalled epoch then re-measures the free cores.
+        on_stall: what the job does when an epoch stalls (takes STALL_FACTOR times the usual):
+            called with (epoch, seconds, usual seconds); None: nothing (the clock only measures).
     """
 
     epochs: int
     budget_s: float | None = None
     started: float = field(default_factory=lambda: _now())
     final_views: int = 1
-    auto_threads: bool = False
+    on_stall: StallHandler | None = None
     epoch_times: list[float] = field(default_factory=list)
     """Wall time from the end of one epoch to the end of the next: the epoch, its validation and
     the previous epoch's saving and plotting, i.e. what each further epoch really costs."""
@@ -81,10 +82,10 @@ class RunClock:
     def final_s(self) -> float:
         return self.final_views * (self.val_times[-1] if self.val_times else 0.0)
 
-    def end_epoch(self, epoch: int, val_seconds: float | None) -> None:
-        """Record a finished epoch and refit ``epochs`` to the budget (the caller then stretches its
-        learning-rate schedule to match)."""
-        now = _now()
+    def end_epoch(self, epoch: int, val_seconds: float | None, now: float | None = None) -> None:
+        """Record a finished epoch (at ``now`` on this clock; default: read it) and refit ``epochs``
+        to the budget (the caller then stretches its learning-rate schedule to match)."""
+        now = _now() if now is None else now
         seconds, self._mark = now - self._mark, now
         self.epoch_times.append(seconds)
         if val_seconds is not None:
@@ -122,14 +123,8 @@ class RunClock:
 
     def _watch_threads(self, epoch: int, seconds: float) -> None:
         earlier = self.epoch_times[1:-1]
-        if not self.auto_threads or len(earlier) < 2 or torch.get_num_threads() == 1:
+        if self.on_stall is None or len(earlier) < 2:
             return
         usual = statistics.median(earlier)
-        if seconds <= STALL_FACTOR * usual:
-            return
-        threads, why = auto_threads()
-        if threads < torch.get_num_threads():
-            log.warning("epoch %d took %.1fs, %.0fx the usual %.1fs: other processes are using the CPU (%s); "
-                        "training goes on with %d thread(s) (set threads to choose)", epoch, seconds,
-                        seconds / usual, usual, why, threads)
-            torch.set_num_threads(threads)
+        if seconds > STALL_FACTOR * usual:
+            self.on_stall(epoch, seconds, usual)

@@ -20,31 +20,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..checkpoint import ModelInfo, file_sha256, load_model
+from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..config import Config
 from ..distributed import is_distributed, sync_buffers
 from ..errors import ConfigError, TrainingError
 from ..fileio import read_csv
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
-from ..measure import count_params
+from ..measure import LATENCY_JSON, count_params, model_gflops, model_latency
 from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
+from ..reports.distill import DistillOutcome, ModelFigures, distill_report
 from ..runtime import autocast, use_channels_last
 from . import clock as clock_module
-from .data import DistillData, build_distill_data
-from .distill_report import distill_report
+from .clock import RunClock, StallHandler
+from .data import DistillData, build_distill_data, latency_size
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .planning import log_plan
-from .run import (
-    Recorder,
-    begin,
-    capture,
-    end_epoch_plan,
-    format_score,
-    make_clock,
-    validates,
-)
+from .run import Recorder, begin, capture, end_epoch, format_score, make_clock, validates
 from .targets import mean_foreground
 from .train import fit, start_weights
 
@@ -62,13 +55,11 @@ class DistillResult:
 
 @dataclass
 class TeacherFigures:
-    """The teacher's part of the report when it was measured beforehand (a student search): its
-    validation metrics, scored from its cached predictions, and ``stand_in``, its architecture with
-    fresh weights, on which the report counts parameters and GFLOPs and times the latency (none
-    depends on the weights). With them the run makes no teacher forward pass at all."""
+    """The teacher's validation metrics when they were measured beforehand (a student search scores
+    them from its cached predictions): with them the run makes no teacher forward pass at all (the
+    report counts and times the teacher on its architecture, which the weights do not change)."""
 
     metrics: dict[str, float]
-    stand_in: nn.Module
 
 
 class KDLoss(nn.Module):
@@ -191,78 +182,114 @@ def mix_batch(batch: dict[str, torch.Tensor], lam: float, perm: torch.Tensor) ->
     return {k: lam * v + (1 - lam) * v[perm] if k in ("image", "mask") else v for k, v in batch.items()}
 
 
+@dataclass
+class _Run:
+    """One distillation's parts, as its epochs and its end use them."""
+
+    cfg: Config
+    run_dir: Path
+    tinfo: ModelInfo
+    data: DistillData
+    cp: Compute
+    student: nn.Module
+    teacher: nn.Module
+    kd: KDLoss
+    opt: Optimization
+    rec: Recorder
+    clock: RunClock
+    parts: dict[str, Any]
+    teacher_cl: bool
+    weights: dict[str, str] | None
+    plan: dict[str, Any] | None
+
+
 def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, started: float,
-             plan: dict[str, Any] | None, short: bool = False, teacher_figures: TeacherFigures | None = None) -> DistillResult:
+                    plan: dict[str, Any] | None, short: bool = False, teacher_figures: TeacherFigures | None = None,
+                    on_stall: StallHandler | None = None) -> DistillResult:
     """The distillation of ``cfg.distill.student`` in ``run_dir``. ``short``: a run whose result
     is its history (a search's candidate): no teacher evaluation, twin or report.
-    ``teacher_figures``: the teacher's report figures, measured beforehand (the search's winner)."""
+    ``teacher_figures``: the teacher's report figures, measured beforehand (the search's winner).
+    ``on_stall``: what a stalled epoch does (the job's choice, as in ``fit``)."""
     d = cfg.distill
     teacher, tinfo = load_model(Path(d.teacher), device)  # type: ignore[arg-type]
     data = build_distill_data(cfg, teacher, tinfo, Path(d.teacher), device)  # type: ignore[arg-type]
-    cp = build_compute(cfg, device)
     student = create_model(d.student.name, in_channels=tinfo.preprocess.in_channels, **d.student.args).to(device)
     weights = start_weights(student, d.student, run_dir if state is not None else None)
     kd = _kd_loss(cfg, data, student, teacher).to(device)
     # The online teacher only infers, where channels_last pays on the CPU too (1.43x, benchmarks.md).
     teacher_cl = d.targets == "online" and use_channels_last(cfg.train.channels_last, device, training=False)
     teacher = teacher.to(memory_format=torch.channels_last) if teacher_cl else teacher
-    clock = make_clock(cfg, state, started, final_views=2)  # the report runs teacher and student once more
-    params = list(student.parameters()) + list(kd.parameters())
-    opt = build_optimization(cfg, student, params, len(data.train_loader), clock.epochs, cp.amp_dtype)
+    clock = make_clock(cfg, state, started, final_views=2, on_stall=on_stall)  # the report runs teacher and student once more
+    opt = build_optimization(cfg, student, list(student.parameters()) + list(kd.parameters()), len(data.train_loader),
+                             clock.epochs, build_compute(cfg, device).amp_dtype)
     rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
                    labelled=data.val_key == "mask")
-    parts = {"model": student, "kd": kd, **opt.parts()}
-    epoch = begin(run_dir, cfg, state, parts, rec, plan)
-    step = _wrap(StudentLoss(student, kd, cp.amp_dtype), device)  # after a resume has restored both
+    r = _Run(cfg, run_dir, tinfo, data, build_compute(cfg, device), student, teacher, kd, opt, rec, clock,
+             {"model": student, "kd": kd, **opt.parts()}, teacher_cl, weights, plan)
+    epoch = begin(run_dir, cfg, state, r.parts, rec, plan)
     teacher_metrics = (teacher_figures.metrics if teacher_figures is not None else
                        evaluate(teacher, data.val_loader, device, tinfo.threshold).metrics if not short and data.val_key == "mask" else {})
-    teacher_sha, passes = file_sha256(Path(d.teacher)), data.teacher_passes  # type: ignore[arg-type]
     if rec.main:
         if state is None:
             log_plan(plan)
-        _log_start(cfg, run_dir, data, teacher, student, kd, cp, tinfo)
+        _log_start(cfg, run_dir, data, teacher, student, kd, r.cp, tinfo)
     t_run = time.perf_counter()
+    passes = data.teacher_passes + _epochs(r, epoch)
+    if rec.main:
+        log.info("teacher forward passes in this run: %d", passes)
+    if short or not rec.main:  # a candidate's result is its history; the report is the main process's work
+        return DistillResult(run_dir, rec.history, {})
+    report = _report(r, teacher_metrics, passes, (time.perf_counter() - t_run) / 60)
+    rec.finish(str(r.cp), time.perf_counter() - t_run)
+    return DistillResult(run_dir, rec.history, report)
+
+
+def _epochs(r: _Run, epoch: int) -> int:
+    """The epochs from ``epoch`` on; returns the teacher forward passes they made."""
+    cfg, d, data, clock, opt = r.cfg, r.cfg.distill, r.data, r.clock, r.opt
+    teacher_sha, passes = file_sha256(Path(d.teacher)), 0  # type: ignore[arg-type]
+    step = _wrap(StudentLoss(r.student, r.kd, r.cp.amp_dtype), r.cp.device)  # after a resume has restored both
     while epoch <= clock.epochs:
         t0 = clock_module._now()  # the replaceable clock: a search's budget reads these seconds
         data.train_set.set_epoch(epoch)
-        loss, n = _distill_epoch(student, teacher if d.targets == "online" else None, kd, opt, data, cp, cfg,
-                                 f"distill {epoch}/{clock.epochs}", run_dir, teacher_cl, step)
+        loss, n = _distill_epoch(r.student, r.teacher if d.targets == "online" else None, r.kd, opt, data, r.cp, cfg,
+                                 f"distill {epoch}/{clock.epochs}", r.run_dir, r.teacher_cl, step)
         passes += n
-        final = opt.ema.module if opt.ema is not None else student  # what is validated and saved
-        t_val = time.perf_counter()
-        m, result = _validate(final, data, cp, tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else ({}, None)
+        final = opt.ema.module if opt.ema is not None else r.student  # what is validated and saved
+        t_val = time.perf_counter()  # a share of the epoch, for the final evaluation's reserve
+        m, result = _validate(final, data, r.cp, r.tinfo.threshold) if data.val_loader and validates(epoch, cfg, clock) else ({}, None)
+        val_seconds = time.perf_counter() - t_val if m else None
         row = {"epoch": epoch, "train_loss": round(loss, 6), "val_iou": m.get("iou"), "val_dice": m.get("dice"),
-               "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}"),
-               "seconds": round(clock_module._now() - t0, 2)}
-        rec.update(row, m)
-        if end_epoch_plan(clock, epoch, time.perf_counter() - t_val if m else None, device):
-            opt.set_epochs(clock.epochs)
-        if opt.plateau is not None and row["val_iou"] is not None:
-            opt.plateau.step(row["val_iou"])
+               "agreement_iou": m.get("agreement"), "lr": float(f"{opt.optimizer.param_groups[0]['lr']:.6g}")}
         summary = {"distilled_from": Path(d.teacher).name, "teacher_sha256": teacher_sha, "epoch": epoch,  # type: ignore[arg-type]
                    "val_iou": row["val_iou"], "validation": "labels" if data.val_key == "mask" else "teacher agreement",
-                   **({"plan": plan} if plan is not None else {}), **({"pretrained": weights} if weights else {})}
-        if rec.main:
-            rec.save(final, student_info(cfg, tinfo, summary), capture(epoch, parts, rec, clock), clock, result)
-        if rec.should_stop(cfg.train.early_stopping):
+                   **({"plan": r.plan} if r.plan is not None else {}), **({"pretrained": r.weights} if r.weights else {})}
+
+        def save(improved: bool, epoch: int = epoch, final: nn.Module = final, summary: dict[str, Any] = summary,
+                 result: EvalResult | None = result) -> None:
+            r.rec.save(final, student_info(cfg, r.tinfo, summary), capture(epoch, r.parts, r.rec, clock), clock, result)
+
+        if end_epoch(r.rec, clock, opt, row, m, t0, val_seconds, r.cp.device, cfg.train.early_stopping, save):
             break
         epoch += 1
-    rec.plot()  # an early stop ends before the last planned epoch
-    if rec.main:
-        log.info("teacher forward passes in this run: %d", passes)
-    minutes = (time.perf_counter() - t_run) / 60
-    if short:
-        return DistillResult(run_dir, rec.history, {})
-    twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
-    if d.baseline and twin is None and rec.main:
+    r.rec.plot()  # an early stop ends before the last planned epoch
+    return passes
+
+
+def _report(r: _Run, teacher_metrics: dict[str, float], passes: int, minutes: float) -> dict[str, Any]:
+    """The labels-only twin where asked for, then the report: figures from the run folder's one
+    latency record (measure.model_latency; a search's are reused)."""
+    cfg, d = r.cfg, r.cfg.distill
+    twin = train_twin(cfg, r.run_dir, r.tinfo) if d.baseline and r.data.val_key == "mask" else None
+    if d.baseline and twin is None:
         log.warning("--baseline needs labelled data (--data); skipped")
-    if not rec.main:  # the report measures and writes: the main process's work
-        return DistillResult(run_dir, rec.history, {})
-    report = distill_report(cfg, run_dir, teacher_figures.stand_in if teacher_figures else teacher, tinfo, rec,
-                            teacher_metrics, data.val_key, passes, data.cache_folder,
-                            minutes, twin)
-    rec.finish(str(cp), time.perf_counter() - t_run)
-    return DistillResult(run_dir, rec.history, report)
+    (h, w), _ = latency_size(cfg, r.tinfo)
+    sinfo = read_model_info(r.run_dir / "model.safetensors")
+    figures = [ModelFigures(i.arch, *model_gflops(i, (h, w)), model_latency(i, (h, w), r.run_dir / LATENCY_JSON))
+               for i in (r.tinfo, sinfo)]
+    out = DistillOutcome(r.rec.history, r.rec.best_epoch, r.rec.best_row(), teacher_metrics, r.data.val_key, passes,
+                         r.data.cache_folder, minutes, twin)
+    return distill_report(cfg, r.run_dir, figures[0], figures[1], (h, w), out)
 
 
 def student_config(cfg: Config) -> Config:

@@ -128,7 +128,7 @@ def evaluate(
 def save_evaluation(folder: Path, result: EvalResult) -> None:
     """The per-image rows (per_image.csv) and the threshold sweep (sweep.csv) of an evaluation, for
     report.html (main process)."""
-    from ..report import write_csv
+    from ..reports.tables import write_csv
 
     if result.per_image:
         write_csv(folder / "per_image.csv", result.per_image)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,9 +27,12 @@ from ..distributed import broadcast_floats, is_main_process
 from ..errors import SegdistillError
 from ..fileio import read_json, remove_temporaries, write_json, write_text
 from ..metrics import predicts_nothing
-from ..report import plot_curves, write_csv
-from .clock import RunClock
+from ..reports.plots import plot_curves
+from ..reports.tables import write_csv
+from . import clock as clock_module
+from .clock import RunClock, StallHandler
 from .evaluate import EvalResult, save_evaluation
+from .loop import Optimization
 
 log = logging.getLogger("segdistill")
 
@@ -173,23 +177,37 @@ def complete_message(cfg: Config, run_dir: Path, state: dict[str, Any] | None) -
             "to extend it")
 
 
-def make_clock(cfg: Config, state: dict | None, started: float, final_views: int = 1) -> RunClock:
+def make_clock(cfg: Config, state: dict | None, started: float, final_views: int = 1,
+               on_stall: StallHandler | None = None) -> RunClock:
     """The run's epoch plan: ``train.epochs``, or with a time budget the epochs that fit (a resumed
     budgeted run finishes the epochs planned before it stopped)."""
     budget = cfg.train.time_budget
     epochs = state.get("planned_epochs", cfg.train.epochs) if state is not None and budget else cfg.train.epochs
     return RunClock(epochs, budget * 60 if budget and state is None else None, started, final_views=final_views,
-                    auto_threads=cfg.threads == "auto")
+                    on_stall=on_stall)
 
 
-def end_epoch_plan(clock: RunClock, epoch: int, val_seconds: float | None, device: torch.device) -> bool:
-    """``clock.end_epoch``, then every rank takes rank 0's plan (a no-op in one process). True when
-    the planned epochs changed."""
+def end_epoch(rec: Recorder, clock: RunClock, opt: Optimization, row: dict[str, Any], metrics: dict[str, float],
+              t0: float, val_seconds: float | None, device: torch.device, patience: int,
+              save: Callable[[bool], None]) -> bool:
+    """How every epoch of every loop ends (training with or without self-training, distillation):
+    the row's ``seconds`` since ``t0`` on the run's clock, the history row, the clock's plan (every
+    rank takes rank 0's), the learning-rate schedule stretched to it, the plateau schedule, ``save``
+    (main process; it gets whether the epoch improved) and early stopping. True: stop here."""
+    now = clock_module._now()  # one reading ends the epoch for the row and for the plan
+    row["seconds"] = round(now - t0, 2)
+    improved = rec.update(row, metrics)
     before = clock.epochs
-    clock.end_epoch(epoch, val_seconds)
+    clock.end_epoch(row["epoch"], val_seconds, now)
     (planned,) = broadcast_floats([float(clock.epochs)], device)
     clock.epochs = int(planned)
-    return clock.epochs != before
+    if clock.epochs != before:
+        opt.set_epochs(clock.epochs)
+    if opt.plateau is not None and row.get("val_iou") is not None:
+        opt.plateau.step(row["val_iou"])
+    if rec.main:
+        save(improved)
+    return rec.should_stop(patience)
 
 
 def validates(epoch: int, cfg: Config, clock: RunClock) -> bool:
@@ -299,14 +317,11 @@ class Recorder:
             self._plotted = (len(self.history), time.monotonic())
 
     def finish(self, compute: str, seconds: float) -> None:
-        """End the run (main process): run.json (how and how long it ran) and report.html."""
-        if not self.main:
-            return
-        from ..html_report import write_run_report
-
-        write_json(self.run_dir / "run.json", {"compute": compute, "seconds": round(seconds, 1),
-                                               "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        log.info("report: %s", write_run_report(self.run_dir))
+        """End the run (main process): run.json, how and how long it ran. (Its report.html is the
+        job's: jobs/report.py, after the run.)"""
+        if self.main:
+            write_json(self.run_dir / "run.json", {"compute": compute, "seconds": round(seconds, 1),
+                                                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     def should_stop(self, patience: int) -> bool:
         """Early stopping: ``patience`` validations without a better IoU (0 = never)."""

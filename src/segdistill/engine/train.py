@@ -38,15 +38,16 @@ from ..losses import LossFn, make_task_loss
 from ..metrics import SWEEP_THRESHOLDS
 from ..models import create_model, resolved_args
 from ..models.pretrained import load_pretrained
-from ..report import format_table
-from ..runtime import autocast, select_device, set_threads, use_channels_last
+from ..reports.tables import format_table
+from ..runtime import autocast, select_device, use_channels_last
 from ..version import __version__
-from .clock import format_duration
+from . import clock as clock_module
+from .clock import StallHandler, format_duration
 from .data import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate, save_evaluation
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .planning import log_plan, plan_run
-from .run import Recorder, begin, capture, complete_message, end_epoch_plan, make_clock, open_run, read_plan, validates
+from .run import Recorder, begin, capture, complete_message, end_epoch, make_clock, open_run, read_plan, validates
 from .semi import (
     MixedDataset,
     labels_match,
@@ -103,14 +104,15 @@ class FitResult:
 
 
 def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrite: bool = False,
-        started: float | None = None) -> FitResult:
+        started: float | None = None, on_stall: StallHandler | None = None) -> FitResult:
     """Train the configured model (``cfg``: a Config, or a dict of config keys such as
     ``{"data": {"root": "DIR"}}``); returns the run folder, history and best metrics. Progress goes
     to the ``segdistill`` logger (``logging.basicConfig(level=logging.INFO)`` shows it).
 
     With ``resume`` (a run folder), the saved config and state are restored and training goes on
     from the last complete epoch as if it had never stopped. ``started`` (``time.monotonic()``) is
-    when a time budget's clock started; default: now.
+    when a time budget's clock started; default: now. ``on_stall``: what a stalled epoch does
+    (the job's choice: jobs/threads.py); threads are the caller's (set once where a job starts).
     """
     started = time.monotonic() if started is None else started
     cfg, run_dir, state = open_run(None if resume else as_config(cfg, "fit"), resume, overwrite)
@@ -121,22 +123,21 @@ def fit(cfg: Config | dict[str, Any], resume: str | Path | None = None, overwrit
         rec = Recorder(run_dir, "")
         rec.load(state)
         return FitResult(run_dir, rec.history, rec.best_row())
-    set_threads(cfg.threads)
     device = select_device(cfg.device)
     # A new run is planned from its data; a resumed one goes on with the plan in its config.yaml.
     cfg, plan = plan_run(cfg) if resume is None else (cfg, read_plan(run_dir))
     with process_group(device) as distributed:  # a distillation's labels-only twin runs inside its group
         torch.manual_seed(cfg.seed)
-        return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started, plan)
+        return _fit(cfg, run_dir, state, build_compute(cfg, device), distributed, started, plan, on_stall)
 
 
 def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distributed: bool, started: float,
-         plan: dict[str, Any] | None) -> FitResult:
+         plan: dict[str, Any] | None, on_stall: StallHandler | None) -> FitResult:
     data = build_run_data(cfg, cp.device, run_dir, state)
     model = create_model(cfg.model.name, in_channels=data.pre.in_channels, **cfg.model.args).to(cp.device)
     weights = start_weights(model, cfg.model, run_dir if state is not None else None)
     model = model.to(memory_format=torch.channels_last) if cp.channels_last else model
-    clock = make_clock(cfg, state, started, final_views=cfg.train.tta)
+    clock = make_clock(cfg, state, started, final_views=cfg.train.tta, on_stall=on_stall)
     opt = build_optimization(cfg, model, list(model.parameters()), len(data.train_loader), clock.epochs, cp.amp_dtype)
     pos_weight = resolve_pos_weight(cfg, data.split) if state is None else state["pos_weight"]
     loss_fn = make_task_loss(cfg.train.loss, pos_weight)
@@ -149,7 +150,7 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
     _log_start(cfg, run_dir, data, model, cp)
     t_run = time.perf_counter()
     while epoch <= clock.epochs:
-        t0 = time.perf_counter()
+        t0 = clock_module._now()
         final = opt.ema.module if opt.ema is not None else model  # what is validated and saved
         if isinstance(data.train_set, MixedDataset) and epoch >= cfg.semi.start_epoch:
             _update_pseudo_labels(cfg, data, data.train_set, final, run_dir, epoch, cp, rec.main)
@@ -158,25 +159,22 @@ def _fit(cfg: Config, run_dir: Path, state: dict | None, cp: Compute, distribute
         result, val_seconds = EvalResult(metrics={}), None
         if data.val_loader is not None and validates(epoch, cfg, clock):
             # Every rank scores its share and gets the same metrics, so every rank decides alike.
-            t_val = time.perf_counter()
+            t_val = time.perf_counter()  # a share of the epoch, for the final evaluation's reserve
             sync_buffers(final)
             result = evaluate(final, data.val_loader, cp.device, cfg.train.threshold, loss_fn, cp.amp_dtype, cp.channels_last,
                               thresholds=SWEEP_THRESHOLDS)
             val_seconds = time.perf_counter() - t_val
         row = {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": _round(result.loss),
                "val_iou": _round(result.metrics.get("iou")), "val_dice": _round(result.metrics.get("dice")),
-               "lr": _sig6(opt.optimizer.param_groups[0]["lr"]), "seconds": round(time.perf_counter() - t0, 2)}
-        improved = rec.update(row, result.metrics)
-        if end_epoch_plan(clock, epoch, val_seconds, cp.device):
-            opt.set_epochs(clock.epochs)
-        if opt.plateau is not None and row["val_iou"] is not None:
-            opt.plateau.step(row["val_iou"])
-        if rec.main:
+               "lr": _sig6(opt.optimizer.param_groups[0]["lr"])}
+
+        def save(improved: bool, epoch: int = epoch, result: EvalResult = result, final: nn.Module = final) -> None:
             info = _model_info(cfg, data.pre, _summary(cfg, data, rec.history, rec.best_epoch, result if improved else None, plan,
-                                                           weights))
+                                                       weights))
             rec.save(final, info, capture(epoch, parts, rec, clock, preprocess=data.pre.to_dict(), pos_weight=pos_weight),
                      clock, result)
-        if rec.should_stop(cfg.train.early_stopping):
+
+        if end_epoch(rec, clock, opt, row, result.metrics, t0, val_seconds, cp.device, cfg.train.early_stopping, save):
             break
         epoch += 1
     rec.plot()  # an early stop ends before the last planned epoch

@@ -38,7 +38,7 @@ from ..measure import (
     throughput,
     time_backends,
 )
-from ..report import format_table
+from ..reports.tables import format_table
 from ..runtime import cpu_description, select_device, set_threads
 from . import model_file
 
@@ -157,7 +157,8 @@ def benchmark_run(run_dir: str | Path, backend: str = "all", size: list[int] | N
     RUN_DIR/speed.json, and the run's report.html rebuilt with the Speed section (IoU against
     latency, the trade-off a deployment chooses on)."""
     from ..config import load_config
-    from ..html_report import SPEED_JSON, write_run_report
+    from ..reports.pages import SPEED_JSON
+    from .report import run_report
 
     run_dir = Path(run_dir)
     models = run_models(run_dir)
@@ -174,7 +175,7 @@ def benchmark_run(run_dir: str | Path, backend: str = "all", size: list[int] | N
     if json_out:
         with atomic_path(json_out) as tmp:  # a copy is written like every output: whole or not at all
             shutil.copyfile(run_dir / SPEED_JSON, tmp)
-    log.info("report with the speed section: %s", write_run_report(run_dir))
+    log.info("report with the speed section: %s", run_report(run_dir))
     return rows
 
 

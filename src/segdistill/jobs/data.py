@@ -9,7 +9,7 @@ from ..data.check import check_data
 from ..data.standard import download_dataset, list_datasets
 from ..data.synth import make_synthetic_dataset
 from ..engine.planning import plan_run
-from ..report import format_table
+from ..reports.tables import format_table
 
 
 def synth(out: str, count: int = 64, size: int = 128, seed: int = 0, rgb: bool = False, vary_size: bool = False,

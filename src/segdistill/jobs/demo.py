@@ -16,10 +16,12 @@ from ..config import load_config
 from ..data.synth import make_synthetic_dataset
 from ..engine.train import fit
 from ..inference.predictor import Predictor
-from ..report import format_table
+from ..reports.tables import format_table
 from .distill import distill
 from .evaluate import evaluate_model
 from .predict import predict_to_folder
+from .report import run_report
+from .threads import start_threads
 
 log = logging.getLogger("segdistill")
 
@@ -41,7 +43,8 @@ def run_demo(out: Path, teacher_epochs: int = 8, student_epochs: int = 24, overr
     common = [f"output_dir={out}", f"data.root={data}", "train.batch_size=8", "train.input_size=96",
               "train.samples_per_epoch=128", "train.lr=0.003", "augment.elastic=0.3", *(overrides or [])]
     teacher_cfg = load_config(None, [*common, "name=teacher", TEACHER, f"train.epochs={teacher_epochs}"])
-    teacher = fit(teacher_cfg, overwrite=True, started=started)
+    teacher = fit(teacher_cfg, overwrite=True, started=started, on_stall=start_threads(teacher_cfg.threads))
+    log.info("report: %s", run_report(teacher.run_dir, teacher_cfg.device))
     model = teacher.run_dir / "model.safetensors"
     held_out = evaluate_model(model, data, out=out / "teacher_eval.csv")  # the validation images training held out
     pred = predict_to_folder(Predictor(model), out / "new_images" / "images", out / "predictions",

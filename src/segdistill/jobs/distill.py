@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import Config, as_config, validate_distill
-from ..distributed import process_group
+from ..distributed import is_main_process, process_group
 from ..engine.data import transfer_images
 from ..engine.distill import DistillResult, distill_student, student_config
 from ..engine.planning import plan_student
@@ -19,7 +19,9 @@ from ..engine.run import complete_message, open_run, read_plan
 from ..engine.search.orchestrate import search_student
 from ..fileio import check_writable, read_json
 from ..remote import is_url, local_model
-from ..runtime import select_device, set_threads
+from ..runtime import select_device
+from .report import run_report
+from .threads import start_threads
 
 log = logging.getLogger("segdistill")
 
@@ -49,10 +51,14 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     else:
         plan = read_plan(run_dir)
     cfg = student_config(cfg)
-    set_threads(cfg.threads)
+    on_stall = start_threads(cfg.threads)
     device = select_device(cfg.device)
     with process_group(device):
         torch.manual_seed(cfg.seed)
         if cfg.distill.search:
-            return search_student(cfg, run_dir, state, device, plan, fresh=resume is None)
-        return distill_student(cfg, run_dir, state, device, started, plan)
+            result = search_student(cfg, run_dir, state, device, plan, fresh=resume is None, on_stall=on_stall)
+        else:
+            result = distill_student(cfg, run_dir, state, device, started, plan, on_stall=on_stall)
+    if result.report and is_main_process():
+        log.info("report: %s", run_report(run_dir, cfg.device))
+    return result

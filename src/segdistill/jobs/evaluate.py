@@ -16,11 +16,13 @@ from ..data.dataset import Item, SegDataset
 from ..engine.evaluate import EvalResult, evaluate, evaluation_pairs, training_split
 from ..errors import SegdistillError
 from ..fileio import check_writable, write_json
-from ..html_report import write_eval_report
 from ..inference.backends import is_onnx
+from ..inference.cases import ModelRef, predict_cases
 from ..inference.choose import MEASURE_IMAGES, open_backend
+from ..measure import model_cost
 from ..metrics import SWEEP_THRESHOLDS
-from ..report import format_table, write_csv
+from ..reports.pages import choose_cases, write_eval_report
+from ..reports.tables import format_table, write_csv
 from ..runtime import set_threads
 
 log = logging.getLogger("segdistill")
@@ -95,8 +97,8 @@ def evaluate_model(
              f"threshold {thr}{views_note}; {model.describe()})"), out)
     log.info("threshold with the best IoU on these images: %g (IoU %.4f; %.4f at %g), curves in %s", best, best_iou,
              result.metrics["iou"], thr, sweep_csv)
-    page = write_eval_report(out.with_suffix(".html"), model_path, data_dir, result, thr, views, why, backend, device,
-                             pre.invert, pre.max_side if max_side is not None else None)
+    page = _eval_report(out.with_suffix(".html"), Path(model_path), data_dir, result, thr, views, why, backend, device,
+                        pre.invert, pre.max_side if max_side is not None else None)
     log.info("report: %s", page)
     if store_threshold:
         old = store(model_path, best)
@@ -115,3 +117,15 @@ def run_evaluate(model: str, data: str, config: str | None = None, overrides: li
     set_threads(threads or cfg.threads)
     return evaluate_model(model, data, threshold=threshold if threshold is not None else cfg.predict.threshold,
                           device=device or cfg.device, **options)
+
+
+def _eval_report(out: Path, model_path: Path, data_dir: str | Path, result: EvalResult, threshold: float, views: int,
+                 scored: str, backend: str, device: str | None, invert: bool, max_side: int | None) -> Path:
+    """The evaluation's report.html: its best and worst images predicted again and the model's cost
+    measured here, the page made of them (reports/pages.py)."""
+    cases = predict_cases(choose_cases(result.per_image), [ModelRef("prediction", model_path, threshold, views, backend)],
+                          device or "auto", invert, max_side)
+    info = read_model_info(model_path)
+    cost = model_cost(info, int(info.summary.get("input_size", 256))) if model_path.suffix == ".safetensors" else {}
+    return write_eval_report(out, model_path, data_dir, result.metrics, result.sweep, result.per_image, threshold, views,
+                             scored, cases, cost)

@@ -4,7 +4,7 @@ so that the answer comes without importing torch)."""
 from __future__ import annotations
 
 from ..catalogue import CATALOGUE
-from ..report import format_table
+from ..reports.tables import format_table
 
 
 def models() -> None:

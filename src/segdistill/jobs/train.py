@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, load_config
 from ..data.check import check_data
 from ..distributed import is_main_process
 from ..engine.train import fit
 from ..errors import SegdistillError
 from ..fileio import check_writable
+from .report import run_report
+from .threads import start_threads
+
+log = logging.getLogger("segdistill")
 
 
 def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, started: float | None = None) -> Path:
@@ -21,12 +26,19 @@ def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, starte
         if not report.ok:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
-    result = fit(cfg, overwrite=overwrite, started=started)
+    result = fit(cfg, overwrite=overwrite, started=started, on_stall=start_threads(cfg.threads))
     if is_main_process():
+        log.info("report: %s", run_report(result.run_dir, cfg.device))
         print(f"results: {result.run_dir}")
     return result.run_dir
 
 
 def resume(run_dir: str | Path, started: float | None = None) -> None:
     """Continue the interrupted run in ``run_dir`` exactly as configured there."""
-    fit(None, resume=run_dir, started=started)  # type: ignore[arg-type]
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
+    cfg = load_config(run_dir / "config.yaml")
+    fit(None, resume=run_dir, started=started, on_stall=start_threads(cfg.threads))  # type: ignore[arg-type]
+    if is_main_process():
+        log.info("report: %s", run_report(run_dir, cfg.device))

@@ -40,7 +40,6 @@ from typing import Any
 
 import torch
 
-from ... import html_report
 from ...checkpoint import ModelInfo, read_model_info
 from ...config import Config, ModelConfig
 from ...data.plan import PHOTO_ENCODER
@@ -50,12 +49,12 @@ from ...inference.backends import Choice
 from ...measure import LATENCY_JSON, count_params, latency_choices, model_gflops, model_latency
 from ...models import create_model, resolved_args
 from ...models.registry import model_signature
+from ...reports.search import format_params, log_outcome, write_search_report
 from .. import clock
-from ..clock import format_duration
+from ..clock import StallHandler, format_duration
 from ..data import latency_size
 from ..distill import DistillResult, TeacherFigures, distill_student
 from ..run import complete_message, open_run, start_run
-from ..search_report import format_params, log_outcome, write_search_report
 from .book import Book
 from .rules import (
     BUDGET_FACTOR,
@@ -88,9 +87,10 @@ log = logging.getLogger("segdistill")
 
 
 def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
-                   fresh: bool) -> DistillResult:
+                   fresh: bool, on_stall: StallHandler | None = None) -> DistillResult:
     """``distill --search``: the search of the module docstring in ``run_dir``, then the winner's
-    full distillation there (``state``: the winner's saved training state, when it had begun)."""
+    full distillation there (``state``: the winner's saved training state, when it had begun;
+    ``on_stall``: what its stalled epochs do, as in ``fit``)."""
     if is_distributed():
         raise ConfigError("--search runs in one process (not under torchrun)")
     if fresh:
@@ -116,7 +116,7 @@ def search_student(cfg: Config, run_dir: Path, state: dict | None, device: torch
         _rungs(cfg, book, run_dir, objective, device)
     if "winner" not in book.data:
         _pick(book, objective)
-    return _final(cfg, book, run_dir, state, device, plan, objective)
+    return _final(cfg, book, run_dir, state, device, plan, objective, on_stall)
 
 
 def _check(cfg: Config) -> None:
@@ -244,7 +244,7 @@ def _plan(cfg: Config, book: Book, objective: Objective) -> None:
 
 
 def _log_plan(book: Book, objective: Objective) -> None:
-    from ...report import format_table
+    from ...reports.tables import format_table
 
     d = book.data
     rungs = "; ".join(f"rung {k + 1}: {r['candidates']} x {r['epochs']} epoch(s)" for k, r in enumerate(d["rungs"]))
@@ -387,7 +387,7 @@ def _pick(book: Book, objective: Objective) -> None:
 
 
 def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: torch.device, plan: dict[str, Any] | None,
-           objective: Objective) -> DistillResult:
+           objective: Objective, on_stall: StallHandler | None) -> DistillResult:
     """The winner's full distillation in the run folder (its time fitted to what is left of the
     budget when that is short), then the search's report."""
     d, full = book.data, cfg.train.epochs
@@ -403,13 +403,11 @@ def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: t
     wcfg = copy.deepcopy(cfg)
     wcfg.distill.student = ModelConfig(candidate_arch(w["args"]), dict(w["args"]), cfg.distill.student.pretrained)
     wcfg.train.time_budget = d["final"]["time_budget_min"]
-    tinfo = read_model_info(Path(cfg.distill.teacher))  # type: ignore[arg-type]
-    torch.manual_seed(0)
-    stand_in = create_model(tinfo.arch, **tinfo.args)
     metrics = {"iou": d["teacher"]["val_iou"], "dice": d["teacher"]["val_dice"]} if d["validation"] == "labels" else {}
     if not d["final"].get("done"):
         torch.manual_seed(cfg.seed)
-        result = distill_student(wcfg, run_dir, state, device, clock._now(), plan, teacher_figures=TeacherFigures(metrics, stand_in))
+        result = distill_student(wcfg, run_dir, state, device, clock._now(), plan, teacher_figures=TeacherFigures(metrics),
+                                 on_stall=on_stall)
         d["final"].update(done=True, epochs=len(result.history))
         book.save()
     else:  # killed between the end of the distillation and the report of the search
@@ -422,7 +420,5 @@ def _final(cfg: Config, book: Book, run_dir: Path, state: dict | None, device: t
     d["final"].update(iou=iou, meets=bool(meets), keeps=round(iou / d["teacher"]["val_iou"], 4) if iou is not None and d["teacher"]["val_iou"] else None)
     book.save()
     report = write_search_report(run_dir, d, result.report)
-    if (run_dir / "report.html").is_file():  # written by the winner's distillation: now with the search in it
-        log.info("report: %s", html_report.write_run_report(run_dir))
     log_outcome(d, objective)
     return DistillResult(run_dir, result.history, report)

@@ -9,9 +9,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..engine.search.rules import Objective, Score, pareto_front
 from ..fileio import atomic_path, write_json, write_text
-from ..report import format_table
-from .search.rules import Objective, Score, pareto_front
+from .tables import format_table
 
 log = logging.getLogger("segdistill")
 
@@ -65,7 +65,7 @@ def pareto_figure(d: dict[str, Any], rows: list[dict[str, Any]]) -> Any:
     """IoU against latency (log scale) for every candidate, coloured by the epochs it got; the front
     as a step line, the winner after its full distillation as a star, the teacher and the objective
     as lines. ``d``: search.json; ``rows``: :func:`candidate_rows`."""
-    from ..report import pyplot
+    from .plots import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
