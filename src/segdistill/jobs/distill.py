@@ -60,5 +60,8 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
         else:
             result = distill_student(cfg, run_dir, state, device, started, plan, on_stall=on_stall)
     if result.report and is_main_process():
+        twin = result.report.get("baseline_labels_only")
+        if twin:  # the labels-only twin is a run of its own, with its own page
+            run_report(twin["run"], cfg.device)
         log.info("report: %s", run_report(run_dir, cfg.device))
     return result
