@@ -28,7 +28,7 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 # Offenders still to split (issue 29). This list only shrinks: a module or function that grows
 # past the limit, or a new one, fails; one that falls under it must be taken off the list.
-LONG_MODULES = {"data.standard", "html_report"}
+LONG_MODULES = {"html_report"}
 LONG_FUNCTIONS = {
     "data.plan.make_plan", "engine.distill.distill_student",
     "engine.evaluate.evaluate",
