@@ -122,85 +122,104 @@ def make_plan(fp: Fingerprint, budget_minutes: float | None = None, student: boo
     encoder may be planned (False where the user chose the architecture)."""
     w, h = fp.median_size
     longer, short = max(w, h, 1), max(min(w, h), 1)
-    reasons: dict[str, str] = {}
-
-    # Working resolution: shrink until the large objects fit a crop, or (with a short budget) until
-    # the finest detail is as thin as the budget affords; never below the finest detail's minimum.
-    large_px = fp.large_extent * short
     pretrained = encoder and _is_photo(fp)
-    detail = _detail_width(budget_minutes, pretrained)
-    fit = min(1.0, CONTEXT_FILL * CROP / large_px) if large_px > 0 else 1.0
-    cheap = min(1.0, detail / fp.feature_width) if fp.feature_width > 0 else 1.0
-    scale = min(fit, cheap)
-    floor = min(1.0, MIN_WIDTH / fp.feature_width) if fp.feature_width > 0 else 1.0
-    if scale < floor:
-        scale = floor
-        reasons["max_side"] = (f"large objects span {large_px:.0f} px (p90) but the finest detail is {fp.feature_width:.1f} px "
-                               f"thick: downscaled only to keep it {MIN_WIDTH:g} px")
-    max_side = _round32(longer * scale) if scale < 1 else None
-    if max_side is not None and max_side >= longer:
-        max_side = None
-    if max_side is None:
-        reasons.setdefault("max_side", f"native resolution: the large objects span {large_px:.0f} px of {longer} "
-                                       f"(p90), they fit a {CROP} px crop; the finest detail is {fp.feature_width:.1f} px")
-    else:
-        scale = max_side / longer
-        why = (f"the finest detail ({fp.feature_width:.0f} px) stays {fp.feature_width * scale:.0f} px thick, enough for "
-               f"{_budget_words(budget_minutes)}" if cheap < fit else
-               f"the large objects span {large_px:.0f} px (p90), {large_px * scale:.0f} px after, so a crop shows them whole")
-        reasons.setdefault("max_side", f"downscaled to {max_side} px (x{scale:.2f}): {why}")
-
-    # Crop: the standard crop, or the whole (working) image when the images are smaller.
+    reasons: dict[str, str] = {}
+    max_side, scale, reasons["max_side"] = _resolution(fp, longer, short, budget_minutes, pretrained)
     work_longer, work_short = longer * scale, short * scale
+    # Crop: the standard crop, or the whole (working) image when the images are smaller.
     input_size = min(CROP, _ceil32(work_longer))
     reasons["input_size"] = ("the standard crop" if input_size == CROP else
                              f"the images are {work_longer:.0f} px at the working resolution: cropped whole")
-
-    # Flips and turns: only where the masks have no up and down.
-    if fp.upright:
-        hflip, vflip, rot90 = 0.5, 0.0, 0.0
-        reasons["flips"] = (f"left-right flips only: the masks have an up and a down (vertical z {fp.vertical_z:+.1f}), "
-                            "so vertical flips and turns would show the model images that do not occur")
-        tta = 2
-    else:
-        hflip, vflip, rot90 = 0.5, 0.5, 0.5
-        reasons["flips"] = f"flips and turns: no preferred orientation (vertical z {fp.vertical_z:+.1f})"
-        tta = 8
+    (hflip, vflip, rot90), reasons["flips"] = _flips(fp)
+    tta = 2 if fp.upright else 8
     # Test-time views: those the model was trained on, averaged; a free ensemble of one model
     # (Kvasir-SEG: test IoU 0.764 with one view, 0.803 with 8), paid at prediction time, not in
     # training. Predict's --tta 1 (or the student) is the fast path.
     reasons["tta"] = (f"{tta} views at prediction, the flips{' and turns' if tta == 8 else ''} the model "
                       "trained on, averaged")
-
-    # Depth: a fifth level for objects larger than a depth-4 network sees; never more than the crop allows.
-    extent_px = fp.object_extent * work_short
-    depth = 5 if extent_px > DEEP_EXTENT else 4
-    depth = max(2, min(depth, int(math.log2(input_size / 8))))
-    reasons["depth"] = f"typical objects span {extent_px:.0f} px at the working resolution"
-
-    # Width: what the time allows (the budget's epochs are then fitted by measuring them).
-    if budget_minutes is None:
-        base, why = 16, "no time budget"
-    elif budget_minutes < 10:
-        base, why = 8, f"a {budget_minutes:g}-minute budget"
-    elif budget_minutes <= 90:
-        base, why = 16, f"a {budget_minutes:g}-minute budget"
-    elif budget_minutes <= 360:
-        base, why = 24, f"a {budget_minutes:g}-minute budget"
-    else:
-        base, why = 32, f"a {budget_minutes:g}-minute budget"
-    reasons["base"] = why
-
-    # Length: about one crop per crop-sized piece of each image, and enough crops over the run.
+    depth, reasons["depth"] = _depth(fp.object_extent * work_short, input_size)
+    base, reasons["base"] = _width(budget_minutes)
     per_image = min(8, max(1, round(work_longer * work_short / (input_size * input_size))))
-    samples = max(MIN_SAMPLES, fp.images * per_image)
-    target = TARGET_SAMPLES * (2 if student else 1)
-    epochs = min(EPOCHS[1], max(EPOCHS[0], round(target / samples)))
-    reasons["samples_per_epoch"] = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
-    reasons["epochs"] = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
-                         else f"about {target} crops over the run")
+    samples, epochs, reasons["samples_per_epoch"], reasons["epochs"] = _length(fp.images, per_image, budget_minutes,
+                                                                               student)
     args = _encoder(student, reasons) if pretrained else None
     return Plan(max_side, input_size, hflip, vflip, rot90, base, depth, samples, epochs, reasons, args, tta)
+
+
+def _resolution(fp: Fingerprint, longer: float, short: float, budget_minutes: float | None,
+                pretrained: bool) -> tuple[int | None, float, str]:
+    """The working resolution: shrink until the large objects fit a crop, or (with a short budget)
+    until the finest detail is as thin as the budget affords; never below the finest detail's
+    minimum. ``longer``, ``short``: the median image's sides. Returns data.max_side (None: native),
+    the scale the working sizes follow, and the reason."""
+    large_px = fp.large_extent * short
+    detail = _detail_width(budget_minutes, pretrained)
+    fit = min(1.0, CONTEXT_FILL * CROP / large_px) if large_px > 0 else 1.0
+    cheap = min(1.0, detail / fp.feature_width) if fp.feature_width > 0 else 1.0
+    scale = min(fit, cheap)
+    floor = min(1.0, MIN_WIDTH / fp.feature_width) if fp.feature_width > 0 else 1.0
+    floored = scale < floor
+    if floored:
+        scale = floor
+    max_side = _round32(longer * scale) if scale < 1 else None
+    if max_side is not None and max_side >= longer:
+        max_side = None
+    if max_side is not None:
+        scale = max_side / longer  # the rounded side's own scale
+    if floored:
+        return max_side, scale, (f"large objects span {large_px:.0f} px (p90) but the finest detail is "
+                                 f"{fp.feature_width:.1f} px thick: downscaled only to keep it {MIN_WIDTH:g} px")
+    if max_side is None:
+        return None, scale, (f"native resolution: the large objects span {large_px:.0f} px of {longer} (p90), they "
+                             f"fit a {CROP} px crop; the finest detail is {fp.feature_width:.1f} px")
+    why = (f"the finest detail ({fp.feature_width:.0f} px) stays {fp.feature_width * scale:.0f} px thick, enough for "
+           f"{_budget_words(budget_minutes)}" if cheap < fit else
+           f"the large objects span {large_px:.0f} px (p90), {large_px * scale:.0f} px after, so a crop shows them whole")
+    return max_side, scale, f"downscaled to {max_side} px (x{scale:.2f}): {why}"
+
+
+def _flips(fp: Fingerprint) -> tuple[tuple[float, float, float], str]:
+    """(hflip, vflip, rot90) and the reason: flips and turns only where the masks have no up and down."""
+    if fp.upright:
+        return (0.5, 0.0, 0.0), (f"left-right flips only: the masks have an up and a down (vertical z "
+                                 f"{fp.vertical_z:+.1f}), so vertical flips and turns would show the model images "
+                                 "that do not occur")
+    return (0.5, 0.5, 0.5), f"flips and turns: no preferred orientation (vertical z {fp.vertical_z:+.1f})"
+
+
+def _depth(extent_px: float, input_size: int) -> tuple[int, str]:
+    """A fifth level for objects (``extent_px``: their typical extent at the working resolution)
+    larger than a depth-4 network sees; never more levels than the crop allows."""
+    depth = 5 if extent_px > DEEP_EXTENT else 4
+    depth = max(2, min(depth, int(math.log2(input_size / 8))))
+    return depth, f"typical objects span {extent_px:.0f} px at the working resolution"
+
+
+def _width(budget_minutes: float | None) -> tuple[int, str]:
+    """The U-Net's base width: what the time allows (the budget's epochs are then fitted by
+    measuring them)."""
+    if budget_minutes is None:
+        return 16, "no time budget"
+    why = f"a {budget_minutes:g}-minute budget"
+    if budget_minutes < 10:
+        return 8, why
+    if budget_minutes <= 90:
+        return 16, why
+    if budget_minutes <= 360:
+        return 24, why
+    return 32, why
+
+
+def _length(images: int, per_image: int, budget_minutes: float | None, student: bool) -> tuple[int, int, str, str]:
+    """Crops per epoch and epochs, with their reasons: about one crop per crop-sized piece of each
+    image (``per_image``), and enough crops over the run."""
+    samples = max(MIN_SAMPLES, images * per_image)
+    target = TARGET_SAMPLES * (2 if student else 1)
+    epochs = min(EPOCHS[1], max(EPOCHS[0], round(target / samples)))
+    samples_why = f"{per_image} per training image" + (f", at least {MIN_SAMPLES}" if samples == MIN_SAMPLES else "")
+    epochs_why = ("fitted to the time budget by measuring the first epochs" if budget_minutes is not None
+                  else f"about {target} crops over the run")
+    return samples, epochs, samples_why, epochs_why
 
 
 def _is_photo(fp: Fingerprint) -> bool:

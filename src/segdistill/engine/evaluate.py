@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from ..data.dataset import SegDataset
+from ..data.dataset import Item, SegDataset
 from ..distributed import gather_objects, is_distributed, shard
 from ..errors import DataError
 from ..failpoints import failpoint
@@ -23,6 +23,9 @@ from ..metrics import Counts, Sweep, confusion, scores, summarise, threshold_swe
 from ..runtime import autocast
 
 log = logging.getLogger("segdistill")
+
+_Scored = tuple[int, Counts, dict[str, Any]]
+"""One image's index in the data set, its counts (on the CPU) and its per-image row."""
 
 
 @dataclass
@@ -77,7 +80,7 @@ def evaluate(
     # The files behind each image, for the per-image rows (report.html shows the best and worst).
     items = loader.dataset.items if isinstance(loader.dataset, SegDataset) else None
     # Each image's (index, counts, row) and each batch's summed loss, from this rank's share.
-    mine: list[tuple[int, Counts, dict[str, Any]]] = []
+    mine: list[_Scored] = []
     loss_sum, loss_n = 0.0, 0
     swept: Counts | None = None
     for batch in _my_share(loader):
@@ -88,28 +91,37 @@ def evaluate(
             loss_sum += float(loss_fn(logits, target)) * image.shape[0]
             loss_n += image.shape[0]
         prob = torch.sigmoid(logits)  # (B, 1, H, W)
-        pred = prob > threshold
         # A teacher's soft map is cut at the same threshold as the model: its own masks.
         ref = target > (threshold if target_key == "soft" else 0.5)
-        c = confusion(pred, ref)
-        s = scores(c)
         if thresholds is not None:
             part = threshold_sweep(prob, ref, thresholds)
             swept = part if swept is None else swept.add(part)
-        for j, idx in enumerate(batch["index"].tolist()):
-            row: dict[str, Any] = {"image": names[idx] if names else items[idx].image.stem if items else idx}
-            row.update({k: float(v[j]) for k, v in s.items()})
-            row["gt_fraction"] = float((c.tp[j] + c.fn[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
-            row["pred_fraction"] = float((c.tp[j] + c.fp[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
-            if items:
-                row["image_file"] = str(items[idx].image.absolute())  # the report may be rebuilt from elsewhere
-                row["mask_file"] = "" if items[idx].mask is None else str(items[idx].mask.absolute())
-            one = Counts(*(t[j:j + 1].cpu() for t in (c.tp, c.fp, c.fn, c.tn)))
-            mine.append((idx, one, row))
+        mine += _image_rows(batch["index"].tolist(), confusion(prob > threshold, ref), names, items)
         failpoint("val_step")
-    # Under torchrun each rank scored its share; every rank gets all images' counts, in image order,
-    # so the metrics are those of one process: pooled from summed counts, per-image means over all.
-    shares = gather_objects((mine, loss_sum, loss_n, swept))
+    return _pooled(gather_objects((mine, loss_sum, loss_n, swept)), thresholds)
+
+
+def _image_rows(indices: list[int], c: Counts, names: list[str] | None, items: list[Item] | None) -> list[_Scored]:
+    """Each image of a batch scored on its own (``c``: the batch's counts, one per image), its
+    counts moved to the CPU to be gathered and pooled."""
+    s = scores(c)
+    out = []
+    for j, idx in enumerate(indices):
+        row: dict[str, Any] = {"image": names[idx] if names else items[idx].image.stem if items else idx}
+        row.update({k: float(v[j]) for k, v in s.items()})
+        row["gt_fraction"] = float((c.tp[j] + c.fn[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
+        row["pred_fraction"] = float((c.tp[j] + c.fp[j]) / (c.tp[j] + c.fp[j] + c.fn[j] + c.tn[j]))
+        if items:
+            row["image_file"] = str(items[idx].image.absolute())  # the report may be rebuilt from elsewhere
+            row["mask_file"] = "" if items[idx].mask is None else str(items[idx].mask.absolute())
+        out.append((idx, Counts(*(t[j:j + 1].cpu() for t in (c.tp, c.fp, c.fn, c.tn))), row))
+    return out
+
+
+def _pooled(shares: list[tuple[list[_Scored], float, int, Counts | None]], thresholds: torch.Tensor | None) -> EvalResult:
+    """The result from every rank's (images, loss sum, loss count, swept counts). Under torchrun
+    each rank scored its share; every rank gets all images' counts, in image order, so the metrics
+    are those of one process: pooled from summed counts, per-image means over all."""
     images = sorted((item for share in shares for item in share[0]), key=lambda item: item[0])
     loss_sum, loss_n = sum(share[1] for share in shares), sum(share[2] for share in shares)
     if not images:
