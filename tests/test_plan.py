@@ -15,7 +15,7 @@ from segdistill.cli import main
 from segdistill.config import load_config
 from segdistill.data.fingerprint import Fingerprint, detail_width, foreground_width
 from segdistill.data.plan import CONTEXT_FILL, CROP, DETAIL_WIDTH, MIN_WIDTH, apply_plan, make_plan
-from segdistill.engine.planning import plan_run, train_fingerprint
+from segdistill.engine.autoplan import plan_run, train_fingerprint
 
 from .test_fingerprint import _person
 

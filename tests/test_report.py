@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -110,6 +111,29 @@ def test_report_command_rebuilds_a_run_folder(tiny_model, tmp_path, monkeypatch,
     assert "run.json missing" in page and '<section id="curves">' in page
     assert main(["-q", "report", str(tmp_path)]) == 2
     assert "not a run folder (no config.yaml)" in capsys.readouterr().err
+
+
+def test_the_page_is_made_of_results_and_runs_no_model(tiny_model, distilled, tmp_path, monkeypatch):
+    # reports/ takes results: with every model call and every timing refused, both a training run's
+    # and a distillation's page are still written from the folder's files and what the job hands over.
+    from segdistill import measure
+    from segdistill.reports.html import Case
+    from segdistill.reports.pages import read_run, write_run_report
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the report ran a model")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", refuse)
+    monkeypatch.setattr(measure, "model_latency", refuse)
+    monkeypatch.setattr(measure, "time_backends", refuse)
+    panel = np.zeros((4, 4, 3), np.uint8)
+    for folder, cost in ((tiny_model.parent, {"params": 123, "gflops": 0.5, "cpu_ms": 1.25, "how": "given"}),
+                         (distilled, None)):
+        run = tmp_path / folder.name
+        shutil.copytree(folder, run)
+        page = write_run_report(read_run(run), [Case("worst: x.png (IoU 0.500)", [("image", panel)])], cost).read_text()
+        assert "worst: x.png (IoU 0.500)" in page and "Not shown" not in page
+    assert "1.25 ms (given)" in (tmp_path / tiny_model.parent.name / "report.html").read_text()
 
 
 def test_evaluate_writes_report_and_stores_the_best_threshold(tiny_model, synth_dir, tmp_path, capsys):

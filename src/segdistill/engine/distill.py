@@ -33,10 +33,10 @@ from ..reports.distill import DistillOutcome, ModelFigures, distill_report
 from ..runtime import autocast, use_channels_last
 from . import clock as clock_module
 from .clock import RunClock, StallHandler
-from .data import DistillData, build_distill_data, latency_size
+from .loaders import DistillData, build_distill_data, latency_size
 from .evaluate import EvalResult, evaluate
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .planning import log_plan
+from .autoplan import log_plan
 from .run import Recorder, begin, capture, end_epoch, format_score, make_clock, validates
 from .targets import mean_foreground
 from .train import fit, start_weights
@@ -237,9 +237,15 @@ def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torc
     passes = data.teacher_passes + _epochs(r, epoch)
     if rec.main:
         log.info("teacher forward passes in this run: %d", passes)
-    if short or not rec.main:  # a candidate's result is its history; the report is the main process's work
+    if short:  # a search candidate: its result is its history
         return DistillResult(run_dir, rec.history, {})
-    report = _report(r, teacher_metrics, passes, (time.perf_counter() - t_run) / 60)
+    # The twin trains on every rank (its loop is distributed too); the report is the main process's.
+    twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
+    if d.baseline and twin is None and rec.main:
+        log.warning("--baseline needs labelled data (--data); skipped")
+    if not rec.main:
+        return DistillResult(run_dir, rec.history, {})
+    report = _report(r, teacher_metrics, passes, (time.perf_counter() - t_run) / 60, twin)
     rec.finish(str(r.cp), time.perf_counter() - t_run)
     return DistillResult(run_dir, rec.history, report)
 
@@ -276,13 +282,11 @@ def _epochs(r: _Run, epoch: int) -> int:
     return passes
 
 
-def _report(r: _Run, teacher_metrics: dict[str, float], passes: int, minutes: float) -> dict[str, Any]:
-    """The labels-only twin where asked for, then the report: figures from the run folder's one
-    latency record (measure.model_latency; a search's are reused)."""
-    cfg, d = r.cfg, r.cfg.distill
-    twin = train_twin(cfg, r.run_dir, r.tinfo) if d.baseline and r.data.val_key == "mask" else None
-    if d.baseline and twin is None:
-        log.warning("--baseline needs labelled data (--data); skipped")
+def _report(r: _Run, teacher_metrics: dict[str, float], passes: int, minutes: float,
+            twin: dict[str, Any] | None) -> dict[str, Any]:
+    """The report: figures from the run folder's one latency record (measure.model_latency; a
+    search's are reused), beside the labels-only ``twin``'s scores."""
+    cfg = r.cfg
     (h, w), _ = latency_size(cfg, r.tinfo)
     sinfo = read_model_info(r.run_dir / "model.safetensors")
     figures = [ModelFigures(i.arch, *model_gflops(i, (h, w)), model_latency(i, (h, w), r.run_dir / LATENCY_JSON))

@@ -43,10 +43,10 @@ from ..runtime import autocast, select_device, use_channels_last
 from ..version import __version__
 from . import clock as clock_module
 from .clock import StallHandler, format_duration
-from .data import RunData, build_run_data, resolve_pos_weight
+from .loaders import RunData, build_run_data, resolve_pos_weight
 from .evaluate import EvalResult, evaluate, save_evaluation
 from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
-from .planning import log_plan, plan_run
+from .autoplan import log_plan, plan_run
 from .run import Recorder, begin, capture, complete_message, end_epoch, make_clock, open_run, read_plan, validates
 from .semi import (
     MixedDataset,

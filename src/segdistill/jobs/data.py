@@ -8,7 +8,7 @@ from ..config import load_config
 from ..data.check import check_data
 from ..data.standard import download_dataset, list_datasets
 from ..data.synth import make_synthetic_dataset
-from ..engine.planning import plan_run
+from ..engine.autoplan import plan_run
 from ..reports.tables import format_table
 
 

@@ -52,7 +52,7 @@ from ...models.registry import model_signature
 from ...reports.search import format_params, log_outcome, write_search_report
 from .. import clock
 from ..clock import StallHandler, format_duration
-from ..data import latency_size
+from ..loaders import latency_size
 from ..distill import DistillResult, TeacherFigures, distill_student
 from ..run import complete_message, open_run, start_run
 from .book import Book

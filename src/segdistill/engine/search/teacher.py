@@ -13,7 +13,7 @@ from ...checkpoint import load_model
 from ...config import Config
 from ...errors import ConfigError
 from ...losses import prob_to_logit
-from ..data import build_distill_data
+from ..loaders import build_distill_data
 from ..evaluate import evaluate
 from .book import Book
 
