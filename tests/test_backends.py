@@ -132,3 +132,24 @@ def test_benchmark_writes_a_table_and_json_with_the_auto_choice_marked(tiny_mode
     assert all(e["p50_ms"] <= e["p95_ms"] for e in entries if e["p50_ms"] is not None)
     assert "speedup_vs_first" in entries[-1] and entries[-1]["gflop_ratio_vs_first"] == pytest.approx(1.0)
     assert (tmp_path / "cache" / "backends.json").is_file()  # predict and evaluate's auto will use the pick
+
+
+def test_a_models_latency_is_measured_once_per_machine_and_recorded_per_run(tmp_path, monkeypatch):
+    from segdistill import measure
+    from segdistill.checkpoint import ModelInfo
+    from segdistill.data.preprocess import Preprocess
+
+    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path / "cache"))
+    timed = []
+    real = measure.time_backends
+    monkeypatch.setattr(measure, "time_backends", lambda *a, **k: timed.append(1) or real(*a, **k))
+    info = ModelInfo("unet", {"base": 4, "depth": 2}, Preprocess(), 0.5, {})
+    choices = [Choice("torch", "fp32", False)]
+    first = measure.model_latency(info, (32, 32), tmp_path / "a" / "latency.json", choices=choices, runs=2)
+    again = measure.model_latency(info, (32, 32), tmp_path / "b" / "latency.json", choices=choices, runs=2)
+    assert len(timed) == 1 and again == first  # the second run folder takes this machine's figure
+    key = measure.latency_key(info, (32, 32))
+    for run in "ab":  # ... and each run folder records it, so the folder states one figure
+        assert json.loads((tmp_path / run / "latency.json").read_text())[key]["ms"] == first.ms
+    measure.model_latency(info, (48, 32), None, choices=choices, runs=2)  # another input: measured
+    assert len(timed) == 2

@@ -32,11 +32,11 @@ from ..models import create_model, resolved_args
 from ..reports.distill import DistillOutcome, ModelFigures, distill_report
 from ..runtime import autocast, use_channels_last
 from . import clock as clock_module
-from .clock import RunClock, StallHandler
-from .loaders import DistillData, build_distill_data, latency_size
-from .evaluate import EvalResult, evaluate
-from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .autoplan import log_plan
+from .clock import RunClock, StallHandler
+from .evaluate import EvalResult, evaluate
+from .loaders import DistillData, build_distill_data, latency_size
+from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, end_epoch, format_score, make_clock, validates
 from .targets import mean_foreground
 from .train import fit, start_weights

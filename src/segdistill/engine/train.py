@@ -42,11 +42,11 @@ from ..reports.tables import format_table
 from ..runtime import autocast, select_device, use_channels_last
 from ..version import __version__
 from . import clock as clock_module
-from .clock import StallHandler, format_duration
-from .loaders import RunData, build_run_data, resolve_pos_weight
-from .evaluate import EvalResult, evaluate, save_evaluation
-from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .autoplan import log_plan, plan_run
+from .clock import StallHandler, format_duration
+from .evaluate import EvalResult, evaluate, save_evaluation
+from .loaders import RunData, build_run_data, resolve_pos_weight
+from .loop import Compute, Optimization, build_compute, build_optimization, model_input, run_epoch
 from .run import Recorder, begin, capture, complete_message, end_epoch, make_clock, open_run, read_plan, validates
 from .semi import (
     MixedDataset,

@@ -12,9 +12,9 @@ import torch
 
 from ..config import Config, as_config, validate_distill
 from ..distributed import is_main_process, process_group
-from ..engine.loaders import transfer_images
-from ..engine.distill import DistillResult, distill_student, student_config
 from ..engine.autoplan import plan_student
+from ..engine.distill import DistillResult, distill_student, student_config
+from ..engine.loaders import transfer_images
 from ..engine.run import complete_message, open_run, read_plan
 from ..engine.search.orchestrate import search_student
 from ..fileio import check_writable, read_json

@@ -52,8 +52,8 @@ from ...models.registry import model_signature
 from ...reports.search import format_params, log_outcome, write_search_report
 from .. import clock
 from ..clock import StallHandler, format_duration
-from ..loaders import latency_size
 from ..distill import DistillResult, TeacherFigures, distill_student
+from ..loaders import latency_size
 from ..run import complete_message, open_run, start_run
 from .book import Book
 from .rules import (

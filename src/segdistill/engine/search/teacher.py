@@ -13,8 +13,8 @@ from ...checkpoint import load_model
 from ...config import Config
 from ...errors import ConfigError
 from ...losses import prob_to_logit
-from ..loaders import build_distill_data
 from ..evaluate import evaluate
+from ..loaders import build_distill_data
 from .book import Book
 
 
