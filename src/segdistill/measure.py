@@ -312,28 +312,29 @@ def model_latency(info: ModelInfo, size: tuple[int, int], record: Path | None = 
     # The same architecture, input and threads on this machine and these backends: measured once
     # per machine (each run folder still records its figure), so a run's end, every evaluate and the
     # test suite do not export and time the same graph again.
+    machine = cache_root() / LATENCY_JSON
     machine_key = f"{key} | {cpu_description()} | torch {torch.__version__} | {','.join(c.label() for c in choices)} | {runs}"
-    known = _read(cache_root() / LATENCY_JSON).get(machine_key)
-    if known is not None:
-        lat = Latency.from_dict(known)
-        if record is not None:
-            write_json(record, {**_read(record), key: lat.to_dict()})
-        return lat
+    known = _read(machine).get(machine_key)
+    lat = Latency.from_dict(known) if known is not None else _measure_latency(info, size, choices, runs)
+    if record is not None:
+        write_json(record, {**_read(record), key: lat.to_dict()})
+    if known is None:
+        try:
+            write_json(machine, {**_read(machine), machine_key: lat.to_dict()})
+        except OSError:
+            pass  # a read-only cache: the figure is measured again next time
+    return lat
+
+
+def _measure_latency(info: ModelInfo, size: tuple[int, int], choices: list[Choice], runs: int) -> Latency:
     torch.manual_seed(0)
     fresh = ModelInfo(info.arch, resolved_args(info.arch, **info.args), info.preprocess, info.threshold, {})
     with tempfile.TemporaryDirectory() as tmp:
         path = save_model(Path(tmp) / "model.safetensors", create_model(info.arch, **info.args), fresh)
         best = choose(time_backends(path, fresh, size, choices, runs=runs, warmup=1))
     backend = best.choice.backend + (" channels-last" if best.choice.channels_last else "")
-    lat = Latency(round(float(best.p50_ms), 4), backend, best.choice.precision,  # type: ignore[arg-type]
-                  (int(size[0]), int(size[1])), torch.get_num_threads())
-    if record is not None:
-        write_json(record, {**_read(record), key: lat.to_dict()})
-    try:
-        write_json(cache_root() / LATENCY_JSON, {**_read(cache_root() / LATENCY_JSON), machine_key: lat.to_dict()})
-    except OSError:
-        pass  # a read-only cache: the figure is measured again next time
-    return lat
+    return Latency(round(float(best.p50_ms), 4), backend, best.choice.precision,  # type: ignore[arg-type]
+                   (int(size[0]), int(size[1])), torch.get_num_threads())
 
 
 def model_cost(info: ModelInfo, size: int, record: Path | None = None) -> dict[str, Any]:

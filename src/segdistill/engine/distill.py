@@ -220,11 +220,12 @@ def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torc
     teacher_cl = d.targets == "online" and use_channels_last(cfg.train.channels_last, device, training=False)
     teacher = teacher.to(memory_format=torch.channels_last) if teacher_cl else teacher
     clock = make_clock(cfg, state, started, final_views=2, on_stall=on_stall)  # the report runs teacher and student once more
+    cp = build_compute(cfg, device)
     opt = build_optimization(cfg, student, list(student.parameters()) + list(kd.parameters()), len(data.train_loader),
-                             clock.epochs, build_compute(cfg, device).amp_dtype)
+                             clock.epochs, cp.amp_dtype)
     rec = Recorder(run_dir, f"{run_dir.name}: student {d.student.name}", "distill", cfg.train.lr, data.val_loader is not None,
                    labelled=data.val_key == "mask")
-    r = _Run(cfg, run_dir, tinfo, data, build_compute(cfg, device), student, teacher, kd, opt, rec, clock,
+    r = _Run(cfg, run_dir, tinfo, data, cp, student, teacher, kd, opt, rec, clock,
              {"model": student, "kd": kd, **opt.parts()}, teacher_cl, weights, plan)
     epoch = begin(run_dir, cfg, state, r.parts, rec, plan)
     teacher_metrics = (teacher_figures.metrics if teacher_figures is not None else

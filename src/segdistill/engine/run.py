@@ -65,6 +65,13 @@ def new_run_dir(cfg: Config, overwrite: bool) -> Path:
 
 
 
+def run_config(run_dir: Path) -> Config:
+    """The config a run folder was started with (what a resume continues)."""
+    if not (run_dir / "config.yaml").is_file():
+        raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
+    return load_config(run_dir / "config.yaml")
+
+
 def open_run(cfg: Config | None, resume: str | Path | None, overwrite: bool) -> tuple[Config, Path, dict | None]:
     """(config, run folder, saved state or None) for a new run, or for ``resume`` (a run folder,
     whose saved config then replaces ``cfg``)."""
@@ -72,9 +79,7 @@ def open_run(cfg: Config | None, resume: str | Path | None, overwrite: bool) -> 
         assert cfg is not None
         return cfg, new_run_dir(cfg, overwrite), None
     run_dir = Path(resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run_config(run_dir)
     if is_main_process():
         remove_temporaries(run_dir)  # half-written files from a killed run are never trusted
     state_path = run_dir / "state.safetensors"

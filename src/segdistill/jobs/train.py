@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..config import Config, load_config
+from ..config import Config
 from ..data.check import check_data
 from ..distributed import is_main_process
+from ..engine.run import run_config
 from ..engine.train import fit
 from ..errors import SegdistillError
 from ..fileio import check_writable
@@ -36,9 +37,7 @@ def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, starte
 def resume(run_dir: str | Path, started: float | None = None) -> None:
     """Continue the interrupted run in ``run_dir`` exactly as configured there."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise SegdistillError(f"{run_dir}: not a run folder (no config.yaml) - nothing to resume")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = run_config(run_dir)  # its threads are set before the run starts
     fit(None, resume=run_dir, started=started, on_stall=start_threads(cfg.threads))  # type: ignore[arg-type]
     if is_main_process():
         log.info("report: %s", run_report(run_dir, cfg.device))
