@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ import torch
 
 # Tests are tiny; one thread keeps them fast and deterministic on a shared 2-core machine.
 torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Assigned, not defaulted: a CI that sets more would let in-process runs differ from the torchrun
+# children (always 1) that tests compare them with byte for byte.
+os.environ["OMP_NUM_THREADS"] = "1"
 
 pytest_plugins = ["tests.http_server"]  # the local HTTP server fixture (server) of the download tests
 
@@ -25,10 +28,14 @@ def real_data(name: str) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Teacher-target caches go to a per-session temp folder, never the user's ~/.cache.
-    monkeypatch.setenv("SEGDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Caches (teacher targets, measured latencies and backend choices) go to a per-session temp
+    # folder, never the user's ~/.cache; session-scoped, so the session fixtures (a tiny model, a
+    # distilled run) are made under it too, and no run of the suite reads another's measurements.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEGDISTILL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -18,17 +18,31 @@ def spawn(args: list[str], failpoint: str | None = None) -> subprocess.Popen:
     env.pop("SEGDISTILL_FAILPOINT", None)
     if failpoint:
         env["SEGDISTILL_FAILPOINT"] = failpoint
+    # A session of its own: a hung child is killed with everything it started (see finish).
     return subprocess.Popen([sys.executable, "-m", "segdistill", "-q", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    """``proc``'s output once it exits; past HANG_GUARD_S its whole process group is killed (the
+    ranks torchrun started, a DataLoader's workers) and the test fails, leaving nothing running."""
+    try:
+        out, _ = proc.communicate(timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"hung for {HANG_GUARD_S} s, killed: {proc.args}\n"
+                             f"{out.decode(errors='replace')[-2000:]}") from None
+    return out.decode(errors="replace")
 
 
 def run_killed_at(args: list[str], failpoint: str) -> None:
     """Run ``segdistill ARGS`` in a child that SIGKILLs itself at ``failpoint`` (``"train_step:7"``,
     see segdistill/failpoints.py); fail unless that kill is how it ended."""
     proc = spawn(args, failpoint)
-    out, _ = proc.communicate(timeout=HANG_GUARD_S)
+    out = finish(proc)
     assert proc.returncode == -signal.SIGKILL, (
-        f"expected a kill at {failpoint}, exit code {proc.returncode}:\n{out.decode(errors='replace')[-2000:]}")
+        f"expected a kill at {failpoint}, exit code {proc.returncode}:\n{out[-2000:]}")
 
 
 def history_rows(run_dir: Path) -> int:
@@ -71,8 +85,9 @@ def torchrun(args: list[str], nproc: int = 2, failpoint: str | None = None) -> s
         env["SEGDISTILL_FAILPOINT"] = failpoint
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "segdistill", "-q", *args]
-    return subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=HANG_GUARD_S,
-                          text=True, errors="replace")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    out = finish(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
 def trained_statistics(model, spread: float = 0.5):

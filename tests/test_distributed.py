@@ -137,3 +137,37 @@ def test_two_process_teacher_labelling_of_200_images_writes_the_cache_of_one_pro
         assert report["teacher_forward_passes"] == 200, run
     one, two = _files(tmp_path / "cache1"), _files(tmp_path / "cache2")
     assert len(one) == 200 and two == one
+
+
+def test_every_job_writes_its_report_before_leaving_the_process_group(
+        tiny_model: Path, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under torchrun a rank that left the group and exited while rank 0 still wrote report.html
+    # aborted in Gloo's teardown (SIGABRT, CI). Which moment a crash hits depends on the CPU's
+    # speed; the order does not: each job joins, writes its pages, and only then leaves.
+    from contextlib import contextmanager
+
+    from segdistill.jobs import distill as distill_job
+    from segdistill.jobs import train as train_job
+
+    events: list[str] = []
+
+    @contextmanager
+    def group(device):  # noqa: ANN001, ANN202
+        events.append("join")
+        yield False
+        events.append("leave")
+
+    for job in (train_job, distill_job):
+        real = job.run_report
+        monkeypatch.setattr(job, "process_group", group)
+        monkeypatch.setattr(job, "run_report", lambda run, device, real=real: events.append("report") or real(run, device))
+    assert main(["-q", "train", "--data", str(synth_dir), "--output-dir", str(tmp_path), "--name", "t", *TINY_TRAIN]) == 0
+    assert events == ["join", "report", "leave"]
+    events.clear()
+    assert main(["-q", "train", "--resume", str(tmp_path / "t")]) == 0
+    assert events == ["join", "report", "leave"]
+    events.clear()
+    assert main(["-q", "distill", "--teacher", str(tiny_model), "--images", str(synth_dir / "images"), "--data", str(synth_dir),
+                 "--output-dir", str(tmp_path), "--name", "d", "--baseline", *DISTILL_TINY,
+                 "--set", f"distill.cache_dir={tmp_path / 'cache'}"]) == 0
+    assert events == ["join", "report", "report", "leave"]  # the labels-only twin's page, then the student's

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -30,10 +30,12 @@ from segdistill.inference.tiling import gaussian_weight, predict_tiled, tile_sta
 # 30 examples keep the file fast; SEGDISTILL_FUZZ_EXAMPLES=2000 searches harder (a nightly run).
 # Derandomised by default so CI is reproducible; SEGDISTILL_FUZZ_EXAMPLES=2000 searches harder (random).
 _EXAMPLES = os.environ.get("SEGDISTILL_FUZZ_EXAMPLES")
-FUZZ = settings(max_examples=int(_EXAMPLES or 30), deadline=None, derandomize=_EXAMPLES is None)
+# too_slow: an example costs what the CPU makes it cost; a loaded or slow machine is not a failure.
+FUZZ = settings(max_examples=int(_EXAMPLES or 30), deadline=None, derandomize=_EXAMPLES is None,
+                suppress_health_check=[HealthCheck.too_slow])
 # The readers of untrusted files (images and masks here; the others in test_fuzz_readers.py): 200 each.
 READER = settings(max_examples=max(200, int(_EXAMPLES or 0)), deadline=None, derandomize=_EXAMPLES is None,
-                  database=None)
+                  database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -260,7 +260,7 @@ def _chromium() -> str:
 
 def _open(page: Path, width: int, shot: Path, profile: Path) -> tuple[int, list[str]]:
     """Chromium's exit code and the console errors it logged while rendering ``page``."""
-    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr", "--v=0",
+    proc = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--enable-logging=stderr", "--v=0",
                            f"--user-data-dir={profile}", f"--screenshot={shot}", f"--window-size={width},2000",
                            page.as_uri()], capture_output=True, text=True, errors="replace", timeout=HANG_GUARD_S)
     console = [line for line in proc.stderr.splitlines()

@@ -135,6 +135,7 @@ def process_group(device: torch.device) -> Iterator[bool]:
     kept for its owner. On success every rank waits for the others before leaving: a rank that tore
     down its group and exited while rank 0 still wrote the report was seen to abort in Gloo's
     teardown ("terminate called without an active exception", SIGABRT, 2 runs in 7 on one CPU).
+    So a job holds the group to its last words (report, summary), not only its training.
     After an error there is no wait: the other ranks may be stuck in a collective, and torchrun
     stops them when this one exits."""
     fresh = not is_distributed()

@@ -24,7 +24,6 @@ from ..checkpoint import ModelInfo, file_sha256, load_model, read_model_info
 from ..config import Config
 from ..distributed import is_distributed, sync_buffers
 from ..errors import ConfigError, TrainingError
-from ..fileio import read_csv
 from ..losses import cwd_loss, dice_loss, feature_loss, make_task_loss, prob_to_logit, soft_bce_loss
 from ..measure import LATENCY_JSON, count_params, model_gflops, model_latency
 from ..metrics import SWEEP_THRESHOLDS
@@ -241,7 +240,7 @@ def distill_student(cfg: Config, run_dir: Path, state: dict | None, device: torc
     if short:  # a search candidate: its result is its history
         return DistillResult(run_dir, rec.history, {})
     # The twin trains on every rank (its loop is distributed too); the report is the main process's.
-    twin = train_twin(cfg, run_dir, tinfo) if d.baseline and data.val_key == "mask" else None
+    twin = train_twin(cfg, run_dir, tinfo, len(rec.history)) if d.baseline and data.val_key == "mask" else None
     if d.baseline and twin is None and rec.main:
         log.warning("--baseline needs labelled data (--data); skipped")
     if not rec.main:
@@ -314,16 +313,19 @@ def student_info(cfg: Config, tinfo: ModelInfo, summary: dict[str, Any]) -> Mode
                      tinfo.threshold, summary, tta=tinfo.tta, label_offset=list(tinfo.label_offset))
 
 
-def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
-    """The labels-only twin (``distill.baseline``): the same student, epochs and rate trained on the
-    labels alone, in RUN/baseline; the report sets it beside the distilled student."""
+def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo, epochs: int) -> dict[str, Any]:
+    """The labels-only twin (``distill.baseline``): the same student, rate and ``epochs`` (those the
+    student trained) on the labels alone, in RUN/baseline; the report sets it beside the distilled
+    student. ``epochs`` comes from the caller's history in memory, the same on every rank: only
+    rank 0 writes history.csv, and another rank reading it could see one row less and train the
+    twin on another learning-rate schedule (seen under torchrun, 2 runs in 2)."""
     bcfg = copy.deepcopy(cfg)
     bcfg.model = copy.deepcopy(cfg.distill.student)
     bcfg.data.invert, bcfg.data.max_side = tinfo.preprocess.invert, tinfo.preprocess.max_side
     bcfg.output_dir, bcfg.name = str(run_dir), "baseline"
     bcfg.train.time_budget = None  # as many epochs as the student got (a budget was spent on it)
     bcfg.train.plan = "off"  # the student's settings, planned or not, as they are
-    bcfg.train.epochs = len(_history(run_dir)) or cfg.train.epochs
+    bcfg.train.epochs = epochs or cfg.train.epochs
     log.info("training the labels-only twin of the student (%d epochs, in %s)", bcfg.train.epochs, run_dir / "baseline")
     quiet = log.level
     log.setLevel(max(logging.WARNING, log.getEffectiveLevel()))  # its epoch lines would interleave with the report
@@ -334,10 +336,6 @@ def train_twin(cfg: Config, run_dir: Path, tinfo: ModelInfo) -> dict[str, Any]:
     log.info("labels-only twin: best val IoU %s at epoch %d of %d", format_score(res.best.get("val_iou")),
              res.best.get("epoch", 0), len(res.history))
     return {"val_iou": res.best.get("val_iou"), "val_dice": res.best.get("val_dice"), "run": str(res.run_dir)}
-
-
-def _history(run_dir: Path) -> list[dict[str, str]]:
-    return read_csv(run_dir / "history.csv") or []
 
 
 def _kd_loss(cfg: Config, data: DistillData, student: nn.Module, teacher: nn.Module) -> KDLoss:

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..checkpoint import ModelInfo, load_state, save_model, save_state
 from ..config import Config, dump_config, load_config
-from ..distributed import broadcast_floats, is_main_process
+from ..distributed import broadcast_floats, decided_by_main_process, is_main_process
 from ..errors import SegdistillError
 from ..fileio import read_json, remove_temporaries, write_json, write_text
 from ..metrics import predicts_nothing
@@ -77,7 +77,9 @@ def open_run(cfg: Config | None, resume: str | Path | None, overwrite: bool) -> 
     whose saved config then replaces ``cfg``)."""
     if resume is None:
         assert cfg is not None
-        return cfg, new_run_dir(cfg, overwrite), None
+        # Rank 0 alone looks and (with ``overwrite``) clears, before any rank goes on: a rank that
+        # looked after rank 0 had written config.yaml would take NAME-2 for its own files.
+        return cfg, decided_by_main_process(lambda: new_run_dir(cfg, overwrite)), None
     run_dir = Path(resume)
     cfg = run_config(run_dir)
     if is_main_process():

@@ -53,15 +53,15 @@ def distill(cfg: Config | dict[str, Any], resume: str | Path | None = None, over
     cfg = student_config(cfg)
     on_stall = start_threads(cfg.threads)
     device = select_device(cfg.device)
-    with process_group(device):
+    with process_group(device):  # held until rank 0 has written the pages (see jobs/train.py)
         torch.manual_seed(cfg.seed)
         if cfg.distill.search:
             result = search_student(cfg, run_dir, state, device, plan, fresh=resume is None, on_stall=on_stall)
         else:
             result = distill_student(cfg, run_dir, state, device, started, plan, on_stall=on_stall)
-    if result.report and is_main_process():
-        twin = result.report.get("baseline_labels_only")
-        if twin:  # the labels-only twin is a run of its own, with its own page
-            run_report(twin["run"], cfg.device)
-        log.info("report: %s", run_report(run_dir, cfg.device))
+        if result.report and is_main_process():
+            twin = result.report.get("baseline_labels_only")
+            if twin:  # the labels-only twin is a run of its own, with its own page
+                run_report(twin["run"], cfg.device)
+            log.info("report: %s", run_report(run_dir, cfg.device))
     return result

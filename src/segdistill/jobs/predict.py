@@ -213,10 +213,10 @@ def run_predict(model: str, sources: list[str], config: str | None = None, overr
             save_overlay=save_overlay or p.overlay, workers=2 if p.num_workers == "auto" else int(p.num_workers),
             save_frames=frames or p.frames,
         )
-    if is_main_process():
-        _print_summary(summary)
-        if not summary.written and not summary.videos and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing could be read: leave no empty folder behind
+        if is_main_process():  # inside the group, as every job's last words (see jobs/train.py)
+            _print_summary(summary)
+            if not summary.written and not summary.videos and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # nothing could be read: leave no empty folder behind
     return 1 if summary.failed else 0
 
 

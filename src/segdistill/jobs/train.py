@@ -7,11 +7,12 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.check import check_data
-from ..distributed import is_main_process
+from ..distributed import is_main_process, process_group
 from ..engine.run import run_config
 from ..engine.train import fit
 from ..errors import SegdistillError
 from ..fileio import check_writable
+from ..runtime import select_device
 from .report import run_report
 from .threads import start_threads
 
@@ -27,10 +28,14 @@ def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, starte
         if not report.ok:
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
-    result = fit(cfg, overwrite=overwrite, started=started, on_stall=start_threads(cfg.threads))
-    if is_main_process():
-        log.info("report: %s", run_report(result.run_dir, cfg.device))
-        print(f"results: {result.run_dir}")
+    on_stall = start_threads(cfg.threads)
+    # The job holds torchrun's process group until rank 0 has written the report: a rank that left
+    # the group and exited while rank 0 still wrote it aborted in Gloo's teardown (CI, 1 run in 1).
+    with process_group(select_device(cfg.device)):
+        result = fit(cfg, overwrite=overwrite, started=started, on_stall=on_stall)
+        if is_main_process():
+            log.info("report: %s", run_report(result.run_dir, cfg.device))
+            print(f"results: {result.run_dir}")
     return result.run_dir
 
 
@@ -38,6 +43,8 @@ def resume(run_dir: str | Path, started: float | None = None) -> None:
     """Continue the interrupted run in ``run_dir`` exactly as configured there."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)  # its threads are set before the run starts
-    fit(None, resume=run_dir, started=started, on_stall=start_threads(cfg.threads))  # type: ignore[arg-type]
-    if is_main_process():
-        log.info("report: %s", run_report(run_dir, cfg.device))
+    on_stall = start_threads(cfg.threads)
+    with process_group(select_device(cfg.device)):  # held until the report is written, as in train
+        fit(None, resume=run_dir, started=started, on_stall=on_stall)  # type: ignore[arg-type]
+        if is_main_process():
+            log.info("report: %s", run_report(run_dir, cfg.device))
