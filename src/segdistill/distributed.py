@@ -5,7 +5,6 @@ Single-process runs (the usual case) go through the same functions, which then d
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -126,7 +125,6 @@ def all_ranks(flag: bool, device: torch.device) -> bool:
 
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
-        gc.collect()  # what still holds the group in reference cycles goes while every rank is in it
         dist.destroy_process_group()  # Gloo's threads may outlive it once DDP was used: see cli._leave
 
 

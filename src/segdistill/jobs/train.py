@@ -29,8 +29,8 @@ def train(cfg: Config, overwrite: bool = False, skip_check: bool = False, starte
             more = f" (and {len(report.errors) - 1} more; run 'segdistill data check')" if len(report.errors) > 1 else ""
             raise SegdistillError(report.errors[0] + more)
     on_stall = start_threads(cfg.threads)
-    # The job holds torchrun's process group until rank 0 has written the report: a rank that left
-    # the group and exited while rank 0 still wrote it aborted in Gloo's teardown (CI, 1 run in 1).
+    # The job holds torchrun's process group until rank 0 has written the report, so every rank
+    # leaves together after the last write (distributed.process_group; how a rank ends: cli._leave).
     with process_group(select_device(cfg.device)):
         result = fit(cfg, overwrite=overwrite, started=started, on_stall=on_stall)
         if is_main_process():
